@@ -1,0 +1,125 @@
+#pragma once
+// One causal-LM interface with GPT-2, GPT-J and Llama behind it.
+//
+// Legend: B = batch rows, T = sequence length (right-padded), D = d_model, F = MLP inner size
+// (the rewrite module's input), V = vocabulary, N = number of (row, position) pairs.
+//
+// ROME needs three things from a forward pass, all passed explicitly (no global hooks):
+//  - capture the rewrite module's input (the key) and output at chosen (row, position) pairs,
+//  - add a vector delta to the MLP output of a layer at chosen (row, position) pairs,
+//    differentiably with respect to delta,
+//  - stop early, start late (from cached hidden states), or compute logits only where needed.
+// The rewrite module is the MLP's output projection (GPT-2 mlp.c_proj, GPT-J mlp.fc_out, Llama
+// mlp.down_proj); its weight is held as [D, F] (out, in) for every architecture — GPT-2's Conv1D
+// orientation is undone at load time and restored when saving.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "rome_collapse/model/checkpoint.h"
+#include "rome_collapse/model/config.h"
+
+namespace rc {
+
+struct TokenPosition {
+  int64_t row = 0;
+  int64_t position = 0;
+};
+
+struct Intervention {
+  int64_t layer = -1;                    // layer whose MLP is touched; -1: none
+  std::vector<TokenPosition> capture_at;  // capture the rewrite module's input and output here
+  at::Tensor delta;                       // [D]; added to the MLP output at delta_at (may require grad)
+  std::vector<TokenPosition> delta_at;
+};
+
+struct ForwardOptions {
+  Intervention intervention;
+  int64_t stop_after_layer = -1;          // >= 0: return after this layer (no logits)
+  int64_t start_layer = 0;                // > 0: initial_hidden is the residual stream entering it
+  at::Tensor initial_hidden;              // [B, T, D], with start_layer > 0
+  int64_t keep_hidden_entering = -1;      // >= 0: return the residual stream entering this layer
+  int64_t position_offset = 0;            // position ids start here instead of 0
+  std::vector<TokenPosition> logits_at;   // non-empty: logits only at these pairs ([N, V])
+  int64_t logits_after_layer = -1;        // >= 0: logits from this layer's output (ROME's v_loss_layer)
+  bool compute_logits = true;
+};
+
+struct ForwardOutput {
+  at::Tensor logits;            // [B, T, V], or [N, V] with logits_at; undefined when stopped early
+  at::Tensor captured_keys;     // [N, F] rewrite-module inputs, in capture_at order
+  at::Tensor captured_outputs;  // [N, D] rewrite-module outputs (bias included, before delta)
+  at::Tensor hidden_entering;   // [B, T, D] residual stream entering keep_hidden_entering
+};
+
+struct LoadOptions {
+  at::ScalarType dtype = at::kFloat;  // compute dtype
+  c10::Device device = c10::Device(c10::kCPU);
+};
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+
+  const ModelConfig& config() const { return config_; }
+  c10::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  const std::string& source() const { return source_; }
+
+  // ids: [B, T] int64, right-padded (padding only ever follows real tokens, so the causal mask
+  // alone keeps it from influencing real positions).
+  ForwardOutput forward(const at::Tensor& ids, const ForwardOptions& options = {}) const;
+
+  // The rewrite module of `layer`: weight [D, F] and bias [D] (undefined for Llama).
+  at::Tensor rewrite_weight(int64_t layer) const;
+  at::Tensor rewrite_bias(int64_t layer) const;
+  void set_rewrite_weight(int64_t layer, const at::Tensor& weight);  // [D, F]
+  // Hugging Face name of the rewrite module's weight ("transformer.h.17.mlp.c_proj.weight").
+  virtual std::string rewrite_weight_name(int64_t layer) const = 0;
+
+  // All weights under Hugging Face names and layouts (for --save-model).
+  std::map<std::string, at::Tensor> hf_state_dict() const;
+
+ protected:
+  CausalLM(Checkpoint checkpoint, LoadOptions options);
+
+  // Architecture hooks. x: [B, T, D].
+  virtual at::Tensor embed(const at::Tensor& ids, const at::Tensor& positions) const = 0;
+  // One transformer block; calls mlp_with_intervention for the MLP part.
+  virtual at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions,
+                           const Intervention& intervention, ForwardOutput& out) const = 0;
+  virtual at::Tensor final_norm(const at::Tensor& x) const = 0;
+  virtual at::Tensor lm_head(const at::Tensor& x) const = 0;
+
+  // Rewrite module applied to `key` [B, T, F], with the capture and delta of the intervention.
+  at::Tensor rewrite_with_intervention(int64_t layer, const at::Tensor& key, const Intervention& intervention,
+                                       ForwardOutput& out) const;
+
+  const at::Tensor& weight(const std::string& name) const;
+  at::Tensor optional_weight(const std::string& name) const;
+
+  ModelConfig config_;
+  std::map<std::string, at::Tensor> weights_;  // HF names; GPT-2 Conv1D weights stored transposed
+  std::vector<std::string> conv1d_names_;       // names to transpose back when saving
+  std::string source_;
+  std::vector<std::shared_ptr<void>> keepalive_;  // memory maps that weights may alias
+  c10::Device device_;
+  at::ScalarType dtype_;
+};
+
+// Loads a checkpoint (HF directory or llama2.c file) and builds the architecture it declares.
+std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& path, const LoadOptions& options = {});
+
+// Right-pads token sequences with pad_id into [B, T] int64.
+at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id, c10::Device device);
+
+// Sets libtorch's intra-op threads from the hardware (libtorch starts with one here).
+void configure_threads();
+
+}  // namespace rc

@@ -1,0 +1,30 @@
+#pragma once
+// A model with its tokenizer and BOS convention: what every command starts from.
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/text/tokenizer.h"
+
+namespace rc {
+
+struct LoadedModel {
+  std::unique_ptr<CausalLM> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  bool add_bos = false;            // effective BOS convention for prompts
+  std::string model_path, tokenizer_path;
+
+  std::vector<int64_t> encode(const std::string& text) const { return tokenizer->encode(text, add_bos); }
+  int64_t pad_id() const;          // EOS of the tokenizer (then of the model), else 0
+};
+
+// tokenizer_path empty: the model's directory (for a llama2.c file, the directory holding it).
+// device: "cpu" or "cuda"; dtype: "float32", "float64", "bfloat16", "float16".
+LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
+                       std::optional<bool> add_bos, const std::string& device, const std::string& dtype);
+
+c10::Device parse_device(const std::string& device);
+at::ScalarType parse_dtype(const std::string& dtype);
+
+}  // namespace rc

@@ -1,0 +1,43 @@
+#pragma once
+// Tokenizer interface shared by GPT-2 byte-level BPE, SentencePiece and llama2.c tokenizers.
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rc {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Token ids of `text`; a BOS id is prepended when add_bos (and the tokenizer has one).
+  virtual std::vector<int64_t> encode(const std::string& text, bool add_bos) const = 0;
+  // Text of the ids (special tokens such as BOS/EOS are dropped).
+  virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
+
+  // Convention of the tokenizer family: SentencePiece (Llama) prepends BOS, GPT-2 BPE does not.
+  virtual bool adds_bos_by_default() const = 0;
+  virtual std::optional<int64_t> bos_id() const = 0;
+  virtual std::optional<int64_t> eos_id() const = 0;
+  // Id of the unknown-piece token, where the family has one (SentencePiece, llama2.c); ROME drops
+  // a leading BOS/UNK from target ids. GPT-2 BPE has none.
+  virtual std::optional<int64_t> unk_id() const { return std::nullopt; }
+  virtual int64_t vocab_size() const = 0;
+  // Short human-readable description ("gpt2-bpe vocab.json+merges.txt", "sentencepiece tok512.model").
+  virtual std::string describe() const = 0;
+
+  // Convenience: encode with the tokenizer's own BOS convention unless overridden.
+  std::vector<int64_t> encode_default(const std::string& text, std::optional<bool> add_bos = std::nullopt) const {
+    return encode(text, add_bos.value_or(adds_bos_by_default()));
+  }
+};
+
+// Loads a tokenizer from a directory (vocab.json+merges.txt, tokenizer.json, tokenizer.model, or
+// else a llama2.c tokenizer.bin / tok*.bin) or a file (tokenizer.json, *.model, a llama2.c *.bin).
+// InputError naming the path when nothing usable is found.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path);
+
+}  // namespace rc

@@ -1,0 +1,53 @@
+// `rome-collapse generate` and `rome-collapse perplexity`: the model core on its own.
+#include <iostream>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/model/generation.h"
+#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/util/error.h"
+
+namespace rc::cli {
+
+int run_generate(const GenerateArgs& args) {
+  configure_threads();
+  LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
+                                  args.model.dtype);
+  std::vector<int64_t> prompt = loaded.encode(args.prompt);
+  if (prompt.empty()) {
+    auto bos = loaded.tokenizer->bos_id();
+    if (!bos) throw InputError("generate: empty prompt and the tokenizer has no BOS token to start from");
+    prompt.push_back(*bos);
+  }
+  GenerationOptions options;
+  options.max_new_tokens = args.max_new_tokens;
+  options.top_k = args.top_k;
+  options.seed = args.seed;
+  for (auto id : {loaded.tokenizer->eos_id(), loaded.tokenizer->bos_id()})
+    if (id) options.stop_ids.push_back(*id);
+  std::vector<int64_t> generated = generate(*loaded.model, prompt, options);
+  std::cout << loaded.tokenizer->decode(generated) << std::flush;
+  return kOk;
+}
+
+int run_perplexity(const PerplexityArgs& args) {
+  configure_threads();
+  LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
+                                  args.model.dtype);
+  std::vector<std::string> texts = read_texts(args.texts);
+  PerplexitySummary summary;
+  try {
+    summary = perplexity(*loaded.model,
+                         perplexity_token_ids(*loaded.tokenizer, texts, loaded.model->config().max_positions),
+                         args.batch_size);
+  } catch (const InputError& e) {
+    throw InputError(args.texts + ": " + e.what());
+  }
+  std::cout << to_json(summary, true).dump(2) << "\n";
+  return kOk;
+}
+
+}  // namespace rc::cli

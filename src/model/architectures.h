@@ -1,0 +1,41 @@
+#pragma once
+// Private to src/model: the concrete architectures and the shared layer math.
+#include <memory>
+
+#include <ATen/ATen.h>
+
+#include "rome_collapse/model/causal_lm.h"
+
+namespace rc::detail {
+
+std::unique_ptr<CausalLM> make_gpt2(Checkpoint checkpoint, LoadOptions options);
+std::unique_ptr<CausalLM> make_gptj(Checkpoint checkpoint, LoadOptions options);
+std::unique_ptr<CausalLM> make_llama(Checkpoint checkpoint, LoadOptions options);
+
+// GPT-2's "gelu_new" (tanh approximation), written as transformers writes it so rounding matches.
+inline at::Tensor gelu_new(const at::Tensor& x) {
+  constexpr double kSqrt2OverPi = 0.7978845608028654;  // sqrt(2 / pi)
+  return 0.5 * x * (1.0 + at::tanh(kSqrt2OverPi * (x + 0.044715 * at::pow(x, 3.0))));
+}
+
+// Scaled dot-product attention with a causal mask. q: [B, H, T, hd], k/v: [B, H, T, hd].
+// Softmax in float32 as transformers does; the result has q's dtype.
+inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  const int64_t seq_len = q.size(2);
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, T]
+  at::Tensor future = at::ones({seq_len, seq_len}, q.options().dtype(at::kBool)).triu(1);
+  scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+  at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
+  return at::matmul(probs, v);  // [B, H, T, hd]
+}
+
+// [B, T, H*hd] -> [B, H, T, hd]
+inline at::Tensor split_heads(const at::Tensor& x, int64_t heads, int64_t head_dim) {
+  return x.view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
+}
+// [B, H, T, hd] -> [B, T, H*hd]
+inline at::Tensor merge_heads(const at::Tensor& x) {
+  return x.transpose(1, 2).contiguous().view({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+
+}  // namespace rc::detail

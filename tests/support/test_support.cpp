@@ -1,0 +1,51 @@
+#include "support/test_support.h"
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace rc::test {
+
+std::filesystem::path shared_dir() {
+  const char* env = std::getenv("ROME_SHARED");
+  std::filesystem::path dir = env ? env : ROME_SHARED_DIR;
+  if (!std::filesystem::is_directory(dir / "reference")) return {};
+  return dir;
+}
+
+std::filesystem::path shared_path(const std::string& relative) { return shared_dir() / relative; }
+
+std::filesystem::path scratch_dir(const std::string& name) {
+  auto dir = std::filesystem::path(ROME_BINARY_DIR) / "test-scratch" / name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+CommandResult run_cli(const std::string& args) {
+  const char* env = std::getenv("ROME_CLI");
+  std::string binary = env ? env : (std::string(ROME_BINARY_DIR) + "/rome-collapse");
+  static int counter = 0;
+  auto dir = std::filesystem::path(ROME_BINARY_DIR) / "test-scratch" / "cli-output";
+  std::filesystem::create_directories(dir);
+  std::string stem = (dir / (std::to_string(::getpid()) + "-" + std::to_string(counter++))).string();
+  std::string command = binary + " " + args + " >" + stem + ".out 2>" + stem + ".err </dev/null";
+  int status = std::system(command.c_str());
+  CommandResult result;
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto slurp = [](const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  result.out = slurp(stem + ".out");
+  result.err = slurp(stem + ".err");
+  return result;
+}
+
+}  // namespace rc::test
