@@ -104,7 +104,8 @@ TEST(InterventionTest, CaptureAndDeltaAtPositions) {
   ASSERT_TRUE(with_delta.intervention.delta.grad().defined());
   EXPECT_GT(with_delta.intervention.delta.grad().abs().sum().item<double>(), 0.0);
 
-  with_delta.intervention.delta = at::ones({d_model}, at::kFloat);
+  // Not a constant vector: LayerNorm would remove a uniform shift.
+  with_delta.intervention.delta = at::linspace(-3.0, 3.0, d_model, at::kFloat);
   at::NoGradGuard no_grad;
   at::Tensor shifted = model->forward(batch, with_delta).logits;
   EXPECT_TRUE(test::all_close_abs(shifted[0].slice(0, 0, 3), base_logits[0].slice(0, 0, 3), 1e-6, "before delta"));

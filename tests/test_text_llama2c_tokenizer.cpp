@@ -119,9 +119,27 @@ Ids run_c_encode(const std::vector<Piece>& pieces, const std::string& text, bool
   return tokens;
 }
 
+// SentencePiece's default normalizer (remove_extra_whitespaces, which tok512.model uses) drops
+// leading/trailing spaces and collapses runs of them; run.c keeps every space. On text already in
+// that form the two agree.
+std::string collapse_spaces(const std::string& text) {
+  std::string collapsed;
+  bool pending_space = false;
+  for (char c : text) {
+    if (c == ' ') {
+      pending_space = true;
+      continue;
+    }
+    if (pending_space && !collapsed.empty()) collapsed += ' ';
+    pending_space = false;
+    collapsed += c;
+  }
+  return collapsed;
+}
+
 // First `count` non-empty lines of the TinyStories validation text, cut at about 200 bytes
-// (on a UTF-8 boundary, so both tokenizers see valid text).
-std::vector<std::string> tinystories_lines(size_t count) {
+// (on a UTF-8 boundary, so both tokenizers see valid text), spaces collapsed.
+std::vector<std::string> tinystories_lines(size_t count, size_t max_bytes = 200) {
   const std::string corpus = read_file(test::shared_path("data/corpus/tinystories_val.txt"));
   std::vector<std::string> lines;
   size_t start = 0;
@@ -131,27 +149,26 @@ std::vector<std::string> tinystories_lines(size_t count) {
     std::string line = corpus.substr(start, end - start);
     start = end + 1;
     if (line.empty()) continue;
-    if (line.size() > 200) {
-      size_t cut = 200;
+    if (line.size() > max_bytes) {
+      size_t cut = max_bytes;
       while (cut > 0 && (line[cut] & 0xC0) == 0x80) --cut;
       line.resize(cut);
     }
-    lines.push_back(line);
+    lines.push_back(collapse_spaces(line));
   }
   return lines;
 }
 
-// Texts that exercise the dummy prefix, whitespace runs, byte fallback and odd bytes.
+// Texts that exercise the dummy prefix, byte fallback, tabs and newlines.
 const std::vector<std::string> kTrickyTexts = {
     "Once upon a time",
-    " leading space",
-    "trailing space ",
-    "double  space and\ttab\nnewline",
+    "tab\tand\nnewline\n",
     "caf\xc3\xa9 na\xc3\xafve \xe2\x80\x94 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82",
     "Lily said, \"Let's play!\" 123 + 4.5 = ?",
     "a",
-    " ",
 };
+// Texts SentencePiece's normalizer changes (extra spaces); run.c keeps them.
+const std::vector<std::string> kExtraSpaceTexts = {" leading space", "trailing space ", "double  space", " "};
 
 void expect_input_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
   try {
@@ -212,7 +229,8 @@ TEST(Llama2cTokenizer, DecodeFollowsRunC) {
   EXPECT_EQ(tokenizer.decode({0}), "<unk>");
   EXPECT_THROW(tokenizer.decode({265}), std::out_of_range);
   EXPECT_THROW(tokenizer.decode({-1}), std::out_of_range);
-  for (const auto& text : kTrickyTexts) EXPECT_EQ(tokenizer.decode(tokenizer.encode(text, true)), text);
+  for (const auto& texts : {kTrickyTexts, kExtraSpaceTexts})
+    for (const auto& text : texts) EXPECT_EQ(tokenizer.decode(tokenizer.encode(text, true)), text);
 }
 
 TEST(Llama2cTokenizer, TruncatedFileIsInputErrorNamingIt) {
@@ -294,6 +312,31 @@ TEST(Llama2cTokenizer, Stories260KMatchesSentencePieceOnTheSameVocabulary) {
     EXPECT_EQ(llama2c.decode(with_eos), text);
   }
   EXPECT_EQ(llama2c.encode("", true), sentencepiece.encode("", true));
+
+  // Where SentencePiece's normalizer removes spaces, llama2.c keeps them (as run.c does) and so
+  // round-trips exactly, while SentencePiece returns the normalized text.
+  for (const auto& text : kExtraSpaceTexts) {
+    SCOPED_TRACE("\"" + text + "\"");
+    const Ids ids = llama2c.encode(text, true);
+    EXPECT_EQ(ids, run_c_encode(pieces, text, true));
+    EXPECT_EQ(llama2c.decode(ids), text);
+    EXPECT_EQ(sentencepiece.decode(sentencepiece.encode(text, true)), collapse_spaces(text));
+    EXPECT_EQ(llama2c.encode(collapse_spaces(text), true), sentencepiece.encode(text, true));
+  }
+}
+
+TEST(Llama2cTokenizer, Stories260KMatchesSentencePieceOnTheWholeValidationText) {
+  ROME_REQUIRE_SHARED();
+  Llama2cTokenizer llama2c(test::shared_path("models/stories260K/tok512.bin"));
+  SentencePieceTokenizer sentencepiece(test::shared_path("models/stories260K/tok512.model"));
+  const auto lines = tinystories_lines(100000, std::string::npos);
+  ASSERT_GT(lines.size(), 4000u);
+  size_t differing = 0;
+  for (const auto& line : lines) {
+    if (llama2c.encode(line, true) == sentencepiece.encode(line, true)) continue;
+    if (++differing <= 3) ADD_FAILURE() << "ids differ for: " << line;
+  }
+  EXPECT_EQ(differing, 0u) << "of " << lines.size() << " lines";
 }
 
 TEST(Llama2cTokenizer, Stories260KThroughLoadTokenizer) {
@@ -328,7 +371,8 @@ TEST(Llama2cTokenizer, Aidreams260KIsADifferentVocabularyThatRoundTrips) {
   EXPECT_NE(ids, stories.encode(sentence, true));
   EXPECT_EQ(aidreams.decode(ids), sentence);
   EXPECT_EQ(ids, run_c_encode(read_pieces(path), sentence, true));
-  for (const auto& text : kTrickyTexts) EXPECT_EQ(aidreams.decode(aidreams.encode(text, true)), text);
+  for (const auto& texts : {kTrickyTexts, kExtraSpaceTexts})
+    for (const auto& text : texts) EXPECT_EQ(aidreams.decode(aidreams.encode(text, true)), text);
   EXPECT_EQ(load_tokenizer(path)->encode(sentence, true), ids);
 }
 

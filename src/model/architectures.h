@@ -18,6 +18,10 @@ inline at::Tensor gelu_new(const at::Tensor& x) {
   return 0.5 * x * (1.0 + at::tanh(kSqrt2OverPi * (x + 0.044715 * at::pow(x, 3.0))));
 }
 
+// Half-precision activations are normalised and soft-maxed in float32 (as transformers does);
+// float32 and float64 keep their own precision.
+inline at::ScalarType at_least_float(at::ScalarType type) { return at::promote_types(type, at::kFloat); }
+
 // Scaled dot-product attention with a causal mask. q: [B, H, T, hd], k/v: [B, H, T, hd].
 // Softmax in float32 as transformers does; the result has q's dtype.
 inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
@@ -25,7 +29,7 @@ inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, con
   at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, T]
   at::Tensor future = at::ones({seq_len, seq_len}, q.options().dtype(at::kBool)).triu(1);
   scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-  at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
+  at::Tensor probs = at::softmax(scores.to(at_least_float(scores.scalar_type())), -1).to(q.scalar_type());
   return at::matmul(probs, v);  // [B, H, T, hd]
 }
 

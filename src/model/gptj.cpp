@@ -32,7 +32,8 @@ class GptJ final : public CausalLM {
     q = rotate(q, positions).transpose(1, 2);
     k = rotate(k, positions).transpose(1, 2);
     // GPT-J computes attention in float32 and divides by sqrt(head_dim).
-    at::Tensor attended = causal_attention(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat),
+    const at::ScalarType attention_type = at_least_float(x.scalar_type());
+    at::Tensor attended = causal_attention(q.to(attention_type), k.to(attention_type), v.to(attention_type),
                                            1.0 / std::sqrt(double(head_dim)))
                               .to(x.scalar_type());
     at::Tensor attn_out = at::linear(merge_heads(attended), weight(p + "attn.out_proj.weight"));

@@ -53,7 +53,7 @@ class Llama final : public CausalLM {
 
   // Normalised in float32, scaled in the input dtype, as transformers' LlamaRMSNorm.
   at::Tensor rms_norm(const at::Tensor& x, const std::string& name) const {
-    at::Tensor x32 = x.to(at::kFloat);
+    at::Tensor x32 = x.to(at_least_float(x.scalar_type()));
     at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, true) + config_.norm_eps);
     return weight(name) * normed.to(x.scalar_type());
   }

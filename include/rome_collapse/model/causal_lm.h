@@ -83,6 +83,9 @@ class CausalLM {
   // Hugging Face name of the rewrite module's weight ("transformer.h.17.mlp.c_proj.weight").
   virtual std::string rewrite_weight_name(int64_t layer) const = 0;
 
+  // Final norm and LM head applied to hidden states [..., D] (logits of an intermediate layer's output).
+  at::Tensor logits_from_hidden(const at::Tensor& hidden) const { return lm_head(final_norm(hidden)); }
+
   // All weights under Hugging Face names and layouts (for --save-model).
   std::map<std::string, at::Tensor> hf_state_dict() const;
 

@@ -1,5 +1,8 @@
 #pragma once
 // SentencePiece models (.model files: Llama-2's tokenizer.model, llama2.c's tok512.model).
+// SentencePiece itself lives in librome_sentencepiece_shim.so, loaded at run time with dlopen (see
+// src/text/sentencepiece_tokenizer.cpp): Debian's libsentencepiece exports its own protobuf, which
+// clashes with libtorch's in one process, so nothing here links SentencePiece directly.
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -9,10 +12,6 @@
 
 #include "rome_collapse/text/tokenizer.h"
 
-namespace sentencepiece {
-class SentencePieceProcessor;
-}
-
 namespace rc {
 
 class SentencePieceTokenizer : public Tokenizer {
@@ -20,6 +19,8 @@ class SentencePieceTokenizer : public Tokenizer {
   // InputError naming `model_path` when it is missing or not a SentencePiece ModelProto.
   explicit SentencePieceTokenizer(const std::filesystem::path& model_path);
   ~SentencePieceTokenizer() override;
+  SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
+  SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
 
   std::vector<int64_t> encode(const std::string& text, bool add_bos) const override;
   std::string decode(const std::vector<int64_t>& ids) const override;
@@ -31,7 +32,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string describe() const override { return description_; }
 
  private:
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
+  void* processor_ = nullptr;  // the shim's processor handle (released with rome_spm_free)
   std::optional<int64_t> bos_id_;
   std::optional<int64_t> eos_id_;
   std::optional<int64_t> unk_id_;

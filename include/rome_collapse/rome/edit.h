@@ -1,0 +1,89 @@
+#pragma once
+// One edit, in the paper's order: templates -> keys (k̄, kᵘ) -> left vector u -> v* -> right
+// vector -> ΔW -> metrics. Each step is a function of rome/; this file strings them together
+// and turns the outcome into the result JSON.
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/rome/covariance.h"
+#include "rome_collapse/rome/hparams.h"
+#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/rome/request.h"
+#include "rome_collapse/rome/templates.h"
+#include "rome_collapse/rome/update.h"
+#include "rome_collapse/rome/value.h"
+
+namespace rc {
+
+inline constexpr int kResultSchemaVersion = 1;
+
+struct EditConfig {
+  std::string source;               // config file path (for errors and provenance)
+  std::string config_sha256;
+  nlohmann::json raw;               // the config as read
+  std::string model, tokenizer;     // resolved paths
+  std::optional<bool> add_bos;
+  std::string device = "cpu";
+  std::string dtype = "float32";
+  EditMethod method = EditMethod::Rome;
+  EditRequest request;
+  RomeHparams hparams;
+  TemplateSpec templates;
+  std::string perplexity_texts;     // empty: no perplexity
+  int64_t perplexity_batch_size = 10;
+  double collapse_ratio = 10.0;
+  bool dump_vectors = false;
+  int64_t prefix_index = 0;         // c-rome-prefix: template 1 + (prefix_index % (n - 1)) at test time
+};
+
+// Reads and validates an edit config. Paths are relative to the config file's directory.
+// `allowed_extra` lists top-level keys a caller (batch) handles itself.
+EditConfig read_edit_config(const std::filesystem::path& path, const std::vector<std::string>& allowed_extra = {});
+EditConfig parse_edit_config(const nlohmann::json& json, const std::string& source, const std::filesystem::path& base_dir,
+                             const std::vector<std::string>& allowed_extra = {});
+
+// Per-run state shared by many edits: templates, the perplexity texts' token ids and the
+// unedited model's perplexity, and the second moment.
+struct EditContext {
+  std::vector<std::string> templates;
+  std::vector<std::vector<int64_t>> perplexity_ids;
+  std::optional<PerplexitySummary> perplexity_before;
+  std::optional<SecondMoment> second_moment;
+};
+EditContext prepare_edit_context(const LoadedModel& loaded, const EditConfig& config);
+
+struct EditOutcome {
+  nlohmann::json result;
+  RankOneUpdate update;
+  KeySet keys;
+  ValueOptimization value;
+  int64_t subject_last_index = 0;
+  bool subject_first_token = false;  // the subject's last token is the prompt's first token
+  bool subject_first = false;        // the prompt starts with the subject (the paper's collapse cases)
+};
+
+struct EditOptions {
+  ForwardPath path = ForwardPath::Optimized;
+  bool keep_update = false;     // sequential editing: leave ΔW applied
+  bool evaluate = true;         // perplexity and target metrics after the edit
+};
+
+// Runs one edit on `loaded` (W is restored afterwards unless keep_update), returning the result.
+EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
+                     const EditContext& context, const EditOptions& options = {});
+
+// Validates the request against the model and config (layer range, context length, ...).
+void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config);
+
+// The test-time prefix template for c-rome-prefix.
+std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index);
+
+}  // namespace rc

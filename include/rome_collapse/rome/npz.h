@@ -1,0 +1,42 @@
+#pragma once
+// NumPy .npy / .npz files (stored or deflated zip members, as np.savez / np.savez_compressed
+// write them), enough for ROME's published second-moment statistics and the key dumps.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "rome_collapse/rome/covariance.h"
+
+namespace rc {
+
+struct NpyArray {
+  std::string descr;            // "<f4", "<f8", "<i8", "<i4", "<U12", "|b1", ...
+  std::vector<int64_t> shape;
+  bool fortran_order = false;
+  std::string data;             // raw bytes, C order unless fortran_order
+
+  at::Tensor tensor() const;    // numeric arrays (little-endian f2/f4/f8/i4/i8/u1/b1)
+  std::string string() const;   // 0-d or 1-element unicode ("<U") or bytes ("|S") arrays
+};
+
+// Parses one .npy payload; `where` names it in errors.
+NpyArray parse_npy(const std::string& bytes, const std::string& where);
+std::string serialize_npy(const at::Tensor& tensor);       // float32/float64/int64/int32/bool, C order
+std::string serialize_npy_string(const std::string& text); // 0-d "<U{n}" array
+
+// All members of an .npz; keys without the ".npy" suffix. InputError naming the file and member.
+std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path);
+// Writes members (name -> .npy bytes) as stored entries with a fixed timestamp, atomically, so the
+// same content always gives the same file.
+void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members);
+
+// ROME's layout: mom2.mom2 [F, F], mom2.count, mom2.constructor, sample_size.
+SecondMoment read_second_moment_npz(const std::filesystem::path& path);
+void write_second_moment_npz(const std::filesystem::path& path, const at::Tensor& mom2_sum, int64_t count,
+                             int64_t sample_size, at::ScalarType stored_dtype = at::kFloat);
+
+}  // namespace rc

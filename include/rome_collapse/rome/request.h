@@ -1,0 +1,29 @@
+#pragma once
+// An edit request: "{} is a citizen of" + subject "Leonardo" -> target_new "Japan".
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace rc {
+
+struct EditRequest {
+  std::string prompt;       // contains exactly one "{}" where the subject goes
+  std::string subject;
+  std::string target_new;
+  std::string target_true;  // may be empty (no true-target metrics then)
+};
+
+// Validates and normalises: a prompt without "{}" that contains the subject literally gets its
+// first occurrence replaced by "{}". `where` names the source for errors ("config.json: request").
+EditRequest normalize_request(EditRequest request, const std::string& where);
+
+// Parses {"prompt", "subject", "target_new", "target_true"}; target_* may be strings or
+// ROME's {"str": ...} objects. Unknown fields are errors.
+EditRequest parse_request(const nlohmann::json& json, const std::string& where);
+nlohmann::json to_json(const EditRequest& request);
+
+// First "{}" of `text` replaced by `value` (Python's str.format for the one-placeholder case,
+// without choking on other braces).
+std::string fill_placeholder(const std::string& text, const std::string& value);
+
+}  // namespace rc

@@ -1,0 +1,65 @@
+#pragma once
+// v*: the value the edited layer should output at the subject so that the model says target_new.
+// δ ∈ R^D is added to the MLP output of layer L at the subject's last token of every prompt and
+// optimised with Adam on  NLL(target_new | 21 rewriting prompts) + kl_factor·KL(P_now ‖ P_init)
+// at the KL prompt + v_weight_decay·‖δ‖/‖target_init‖²;  v* = target_init + δ.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/rome/hparams.h"
+#include "rome_collapse/rome/request.h"
+#include "rome_collapse/text/tokenizer.h"
+
+namespace rc {
+
+// " " + target, encoded with the tokenizer's convention, a leading BOS/UNK dropped.
+std::vector<int64_t> target_token_ids(const Tokenizer& tokenizer, bool add_bos, const std::string& target);
+
+// The optimisation batch: rows 0..R-1 are T[i](prompt) + decode(target[:-1]) with the subject
+// filled in, row R is the KL prompt. Right-padded with pad_id.
+struct ValueBatch {
+  at::Tensor ids;                      // [R + 1, T]
+  std::vector<int64_t> lengths;        // real tokens per row
+  std::vector<int64_t> lookup;         // subject-last index per row
+  std::vector<int64_t> target_ids;     // [|t|]
+  int64_t rewriting_rows = 0;          // R
+  // True when each rewriting row's tokens up to its subject index equal those of the bare
+  // template text, so the keys of this batch are the keys ROME computes (shared forward pass).
+  bool keys_match_template_encoding = true;
+};
+ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const EditRequest& request,
+                             const std::vector<std::string>& templates, const std::string& kl_prompt, int64_t pad_id,
+                             c10::Device device);
+
+// What one forward pass up to layer L gives: keys and outputs at the lookup positions of every
+// row, and the residual stream entering L (the optimisation never recomputes layers below L).
+struct LayerCapture {
+  at::Tensor keys;             // [R + 1, F]
+  at::Tensor outputs;          // [R + 1, D]
+  at::Tensor hidden_entering;  // [R + 1, T, D]
+};
+LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer);
+
+enum class ForwardPath {
+  Optimized,  // layers >= L only, logits at the target and KL positions only
+  Reference,  // as the paper's code: every layer and the full vocabulary at every position, each step
+};
+
+struct ValueOptimization {
+  at::Tensor target_init;  // [D] MLP output at the bare prompt's subject token
+  at::Tensor delta;        // [D]
+  at::Tensor v_star;       // [D] target_init + delta
+  int64_t iterations = 0;  // forward passes run
+  int64_t adam_steps = 0;
+  std::vector<double> loss, nll, kl, weight_decay;  // per iteration
+};
+
+// NumericError when the loss becomes NaN or infinite.
+ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const LayerCapture& capture,
+                                 const RomeHparams& hparams, ForwardPath path = ForwardPath::Optimized);
+
+}  // namespace rc
