@@ -9,11 +9,11 @@
 #include "rome_collapse/model/generation.h"
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
+#include "rome_collapse/util/files.h"
 
 namespace rc::cli {
 
 int run_generate(const GenerateArgs& args) {
-  configure_threads();
   LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
                                   args.model.dtype);
   std::vector<int64_t> prompt = loaded.encode(args.prompt);
@@ -34,7 +34,6 @@ int run_generate(const GenerateArgs& args) {
 }
 
 int run_perplexity(const PerplexityArgs& args) {
-  configure_threads();
   LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
                                   args.model.dtype);
   std::vector<std::string> texts = read_texts(args.texts);
@@ -46,7 +45,7 @@ int run_perplexity(const PerplexityArgs& args) {
   } catch (const InputError& e) {
     throw InputError(args.texts + ": " + e.what());
   }
-  std::cout << to_json(summary, true).dump(2) << "\n";
+  std::cout << json_text(to_json(summary, true)) << "\n";
   return kOk;
 }
 

@@ -34,4 +34,13 @@ struct PerplexityArgs {
 };
 int run_perplexity(const PerplexityArgs& args);
 
+struct EditArgs {
+  std::string config;
+  std::string out;          // empty: JSON to stdout
+  std::string save_delta;   // safetensors with u and v
+  std::string save_model;   // directory for the edited checkpoint
+  bool reference_path = false;
+};
+int run_edit_command(const EditArgs& args);
+
 }  // namespace rc::cli

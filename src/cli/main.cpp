@@ -45,6 +45,15 @@ int main(int argc, char** argv) {
   perplexity->add_option("--batch-size", perplexity_args.batch_size, "texts per forward pass")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
 
+  rc::cli::EditArgs edit_args;
+  auto* edit = app.add_subcommand("edit", "one ROME / C-ROME edit (or a small comparison) with collapse metrics");
+  edit->add_option("--config", edit_args.config, "edit config JSON (see README)")->required();
+  edit->add_option("--out", edit_args.out, "result JSON (written atomically; default: stdout)");
+  edit->add_option("--save-delta", edit_args.save_delta, "write u and v to this .safetensors file");
+  edit->add_option("--save-model", edit_args.save_model, "write the edited checkpoint to this directory");
+  edit->add_flag("--reference-path", edit_args.reference_path,
+                 "optimise v* as the paper's code does (every layer, full logits) instead of the fast path");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -54,6 +63,7 @@ int main(int argc, char** argv) {
   try {
     if (*generate) return rc::cli::run_generate(generate_args);
     if (*perplexity) return rc::cli::run_perplexity(perplexity_args);
+    if (*edit) return rc::cli::run_edit_command(edit_args);
   } catch (const rc::InputError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return rc::cli::kInputError;

@@ -1,6 +1,7 @@
 #include "rome_collapse/model/causal_lm.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -119,13 +120,17 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
 }
 
 std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& path, const LoadOptions& options) {
-  Checkpoint checkpoint = load_checkpoint(path, at::kFloat);
+  return build_causal_lm(load_checkpoint(path, at::kFloat), options);
+}
+
+std::unique_ptr<CausalLM> build_causal_lm(Checkpoint checkpoint, const LoadOptions& options) {
+  validate_checkpoint(checkpoint);
   switch (checkpoint.config.arch) {
     case Architecture::GPT2: return detail::make_gpt2(std::move(checkpoint), options);
     case Architecture::GPTJ: return detail::make_gptj(std::move(checkpoint), options);
     case Architecture::Llama: return detail::make_llama(std::move(checkpoint), options);
   }
-  fail_input(path.string(), "unsupported architecture");
+  fail_input(checkpoint.source, "unsupported architecture");
 }
 
 at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id, c10::Device device) {
@@ -139,9 +144,14 @@ at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t
   return batch.to(device);
 }
 
-void configure_threads() {
-  unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
-  at::set_num_threads(static_cast<int>(hardware));
+void configure_threads(const ModelConfig* model) {
+  // ROME_THREADS overrides (e.g. 1 when several runs share a machine: OpenMP threads spin while
+  // waiting, and oversubscribed cores then spend most of their time spinning).
+  int threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  // A small model's matrices are too small to split: threads only add barrier waits.
+  if (model && model->d_model * model->d_ff < (int64_t{1} << 20)) threads = 1;
+  if (const char* env = std::getenv("ROME_THREADS")) threads = std::max(1, std::atoi(env));
+  at::set_num_threads(threads);
 }
 
 }  // namespace rc

@@ -124,8 +124,8 @@ EditConfig read_edit_config(const std::filesystem::path& path, const std::vector
   }
   std::filesystem::path base = path.parent_path();
   EditConfig config = parse_edit_config(json, path.string(), base.empty() ? "." : base, allowed_extra);
-  if (!json.contains("request") && std::find(allowed_extra.begin(), allowed_extra.end(), "dataset") == allowed_extra.end())
-    fail_input(path.string(), "missing field \"request\"");
+  const bool requests_elsewhere = json.contains("requests") || json.contains("dataset");
+  if (!json.contains("request") && !requests_elsewhere) fail_input(path.string(), "missing field \"request\"");
   config.config_sha256 = sha256_hex(text);
   return config;
 }

@@ -4,6 +4,7 @@
 
 #include <ATen/Context.h>
 
+#include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {
@@ -32,6 +33,13 @@ at::ScalarType parse_dtype(const std::string& dtype) {
 
 LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
                        std::optional<bool> add_bos, const std::string& device, const std::string& dtype) {
+  if (is_builtin_model(model_path)) {
+    if (!tokenizer_path.empty() && tokenizer_path != model_path)
+      throw InputError("model \"" + model_path + "\": builtin models bring their own tokenizer; drop \"tokenizer\"");
+    LoadedModel builtin = load_builtin_model(model_path, add_bos, device, dtype);
+    configure_threads(&builtin.model->config());
+    return builtin;
+  }
   LoadedModel loaded;
   loaded.model_path = model_path;
   LoadOptions options;
@@ -47,6 +55,7 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
   loaded.tokenizer_path = tokenizer_location.string();
   loaded.tokenizer = load_tokenizer(tokenizer_location);
   loaded.add_bos = add_bos.value_or(loaded.tokenizer->adds_bos_by_default());
+  configure_threads(&loaded.model->config());
   if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size)
     throw InputError(loaded.tokenizer_path + ": tokenizer has " + std::to_string(loaded.tokenizer->vocab_size()) +
                      " tokens but the model's vocabulary has " + std::to_string(loaded.model->config().vocab_size));

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <unistd.h>
 
+#include <nlohmann/json.hpp>
 #include <openssl/evp.h>
 
 #include "rome_collapse/util/error.h"
@@ -41,6 +42,10 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& con
     std::remove(temp.c_str());
     fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(errno));
   }
+}
+
+std::string json_text(const nlohmann::json& json, int indent) {
+  return json.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string sha256_hex(const std::string& bytes) {

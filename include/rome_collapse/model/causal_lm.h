@@ -118,11 +118,21 @@ class CausalLM {
 
 // Loads a checkpoint (HF directory or llama2.c file) and builds the architecture it declares.
 std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& path, const LoadOptions& options = {});
+// Builds the architecture of an in-memory checkpoint (validated first).
+std::unique_ptr<CausalLM> build_causal_lm(Checkpoint checkpoint, const LoadOptions& options = {});
+
+// A checkpoint with seeded random weights in Hugging Face layout, initialised as transformers
+// does (normal(0, 0.02) matrices, zero biases, unit norms): the embedded demo model and the
+// GPT-2-small / GPT-2-XL-shaped benchmark models.
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
+// GPT-2 shapes by name: "gpt2-tiny" (4 layers, d 64), "gpt2-small" (12, 768), "gpt2-xl" (48, 1600).
+ModelConfig gpt2_shape(const std::string& name, int64_t vocab_size);
 
 // Right-pads token sequences with pad_id into [B, T] int64.
 at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id, c10::Device device);
 
-// Sets libtorch's intra-op threads from the hardware (libtorch starts with one here).
-void configure_threads();
+// Sets libtorch's intra-op threads from the hardware (libtorch starts with one here), or to one
+// for a small model; $ROME_THREADS overrides.
+void configure_threads(const ModelConfig* model = nullptr);
 
 }  // namespace rc
