@@ -43,4 +43,6 @@ struct EditArgs {
 };
 int run_edit_command(const EditArgs& args);
 
+// [commands: new argument structs and run_* declarations above this line]
+
 }  // namespace rc::cli

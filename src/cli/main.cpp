@@ -54,6 +54,8 @@ int main(int argc, char** argv) {
   edit->add_flag("--reference-path", edit_args.reference_path,
                  "optimise v* as the paper's code does (every layer, full logits) instead of the fast path");
 
+  // [register: new subcommands are added above this line, one block each]
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -64,6 +66,7 @@ int main(int argc, char** argv) {
     if (*generate) return rc::cli::run_generate(generate_args);
     if (*perplexity) return rc::cli::run_perplexity(perplexity_args);
     if (*edit) return rc::cli::run_edit_command(edit_args);
+    // [dispatch: one line per subcommand above this line]
   } catch (const rc::InputError& e) {
     std::cerr << "error: " << e.what() << "\n";
     return rc::cli::kInputError;
