@@ -29,7 +29,14 @@ int run_generate(const GenerateArgs& args) {
   for (auto id : {loaded.tokenizer->eos_id(), loaded.tokenizer->bos_id()})
     if (id) options.stop_ids.push_back(*id);
   std::vector<int64_t> generated = generate(*loaded.model, prompt, options);
-  std::cout << loaded.tokenizer->decode(generated) << std::flush;
+  // Decode with the prompt as context (a piece right after BOS loses its leading space, as
+  // llama2.c prints it), then drop the prompt's own text.
+  std::vector<int64_t> full = prompt;
+  full.insert(full.end(), generated.begin(), generated.end());
+  const std::string full_text = loaded.tokenizer->decode(full), prompt_text = loaded.tokenizer->decode(prompt);
+  std::cout << (full_text.rfind(prompt_text, 0) == 0 ? full_text.substr(prompt_text.size())
+                                                     : loaded.tokenizer->decode(generated))
+            << std::flush;
   return kOk;
 }
 
