@@ -31,7 +31,7 @@ std::string resolve_path(const std::filesystem::path& base_dir, const std::strin
 const std::vector<std::string> kConfigKeys = {"model",   "tokenizer", "add_bos",        "device",       "dtype",
                                               "method",  "request",   "hparams",        "context_templates",
                                               "perplexity", "collapse_ratio", "dump_vectors", "prefix_index",
-                                              "description"};
+                                              "record_timings", "description"};
 
 }  // namespace
 
@@ -105,6 +105,10 @@ EditConfig parse_edit_config(const nlohmann::json& json, const std::string& sour
   if (json.contains("dump_vectors")) {
     if (!json["dump_vectors"].is_boolean()) throw InputError(source + ": dump_vectors: expected true or false");
     config.dump_vectors = json["dump_vectors"].get<bool>();
+  }
+  if (json.contains("record_timings")) {
+    if (!json["record_timings"].is_boolean()) throw InputError(source + ": record_timings: expected true or false");
+    config.record_timings = json["record_timings"].get<bool>();
   }
   if (json.contains("prefix_index")) {
     if (!json["prefix_index"].is_number_integer() || json["prefix_index"].get<int64_t>() < 0)
@@ -272,7 +276,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   timings["evaluation"] = seconds_since(start);
 
   result["context_templates"] = context.templates;
-  result["timings_s"] = timings;
+  if (config.record_timings) result["timings_s"] = timings;
   if (config.dump_vectors) {
     result["vectors"] = {{"prefixed_key_mean", to_vector(keys.prefixed_key_mean)},
                          {"unprefixed_key", to_vector(keys.unprefixed_key)},

@@ -172,7 +172,7 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     result.iterations = it + 1;
     if (!std::isfinite(loss_value))
       throw NumericError("v* optimisation: the loss became " + std::to_string(loss_value) + " at iteration " +
-                         std::to_string(it) + " (lower v_lr or check the model's weights)");
+                         std::to_string(it) + " (check hparams such as v_lr and v_weight_decay, and the model's weights)");
     if (loss_value < hparams.early_stop_loss) break;
     if (it == hparams.v_num_grad_steps - 1) break;  // the last iteration takes no step
 

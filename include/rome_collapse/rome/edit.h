@@ -42,6 +42,7 @@ struct EditConfig {
   double collapse_ratio = 10.0;
   bool dump_vectors = false;
   int64_t prefix_index = 0;         // c-rome-prefix: template 1 + (prefix_index % (n - 1)) at test time
+  bool record_timings = true;       // per-phase wall times in the result (the only non-reproducible field)
 };
 
 // Reads and validates an edit config. Paths are relative to the config file's directory.

@@ -1,0 +1,149 @@
+// `rome-collapse edit` end to end: the demo, reproducibility, outputs (--save-delta,
+// --save-model) and every refusal path (exit code, message, no result file left behind).
+#include <nlohmann/json.hpp>
+
+#include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/util/files.h"
+#include "support/golden.h"
+
+namespace rc {
+namespace {
+
+std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
+
+// The golden subject-first GPT-2 request on the reference model, 5 steps to stay fast.
+nlohmann::json reference_config() {
+  const auto& golden = test::golden_reference()["gpt2"];
+  return {{"model", test::reference_model_dir("gpt2")},
+          {"tokenizer", test::shared_path("tokenizers/gpt2").string()},
+          {"add_bos", false},
+          {"method", "rome"},
+          {"request", golden["cases"][0]["request"]},
+          {"hparams", {{"layer", 1}, {"v_loss_layer", 3}, {"v_num_grad_steps", 5}}},
+          {"context_templates", golden["context_templates"]}};
+}
+
+std::filesystem::path write_config(const std::string& name, const nlohmann::json& config) {
+  auto dir = test::scratch_dir("edit-" + name);
+  write_file_atomic(dir / "config.json", config.dump(2));
+  return dir;
+}
+
+TEST(EditCommand, DemoRunsOnTheEmbeddedModel) {
+  auto dir = test::scratch_dir("edit-demo");
+  auto result = test::run_cli("edit --config " + quoted(std::filesystem::path(ROME_SOURCE_DIR) / "configs/demo.json") +
+                              " --out " + quoted(dir / "demo.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  auto json = nlohmann::json::parse(read_file(dir / "demo.json"));
+  ASSERT_EQ(json["results"].size(), 6u);  // 2 requests x 3 methods
+  // The subject-first request shows the mechanism even in this random model.
+  const auto& rome = json["results"][0];
+  const auto& c_rome = json["results"][1];
+  EXPECT_TRUE(rome["subject_first_token"].get<bool>());
+  EXPECT_EQ(rome["method"], "rome");
+  EXPECT_EQ(c_rome["method"], "c-rome");
+  EXPECT_LT(std::abs(rome["denominator"].get<double>()), 0.5 * std::abs(c_rome["denominator"].get<double>()));
+  EXPECT_GT(rome["update_norm"].get<double>(), 2 * c_rome["update_norm"].get<double>());
+  EXPECT_NE(result.out.find("c-rome-prefix"), std::string::npos);  // the side-by-side table
+}
+
+TEST(EditCommand, SameConfigTwiceIsByteIdentical) {
+  ROME_REQUIRE_SHARED();
+  auto config = reference_config();
+  config["record_timings"] = false;
+  config["context_templates"] = {{"generate", {{"seed", 3}, {"lengths", {{5, 5}, {8, 5}}}}}};
+  config["perplexity"] = {{"texts", test::shared_path("data/me-ppl/ME-PPL_50.json").string()}};
+  config["method"] = "c-rome-prefix";
+  auto dir = write_config("twice", config);
+  auto first = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "a.json"));
+  auto second = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "b.json"));
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_EQ(second.exit_code, 0) << second.err;
+  EXPECT_EQ(read_file(dir / "a.json"), read_file(dir / "b.json"));
+  auto json = nlohmann::json::parse(read_file(dir / "a.json"));
+  EXPECT_EQ(json["context_templates"].size(), 11u);  // "{}" + 5 + 5 generated
+  EXPECT_FALSE(json.contains("timings_s"));
+  for (const char* key : {"method", "layer", "subject_last_index", "subject_first_token", "denominator", "abs_denominator",
+                          "numerator_norm", "update_norm", "relative_update_norm", "right_vector_norm",
+                          "cos_unprefixed_prefixed", "unprefixed_key_norm", "prefixed_key_norm", "perplexity_before",
+                          "perplexity_after", "logprob_target_new_after", "logprob_target_true_after", "efficacy",
+                          "collapse", "context_templates", "provenance"})
+    EXPECT_TRUE(json.contains(key)) << key;
+  EXPECT_EQ(json["provenance"]["config_sha256"], sha256_file(dir / "config.json"));
+  EXPECT_NE(json["efficacy_prompt"].get<std::string>(), "Leonardo is a citizen of");  // test-time prefix
+}
+
+TEST(EditCommand, SavesDeltaAndEditedModel) {
+  ROME_REQUIRE_SHARED();
+  auto config = reference_config();
+  config["dump_vectors"] = true;
+  auto dir = write_config("save", config);
+  auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "r.json") +
+                              " --save-delta " + quoted(dir / "delta.safetensors") + " --save-model " + quoted(dir / "edited"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  auto json = nlohmann::json::parse(read_file(dir / "r.json"));
+  auto delta = SafetensorsFile::open(dir / "delta.safetensors");
+  at::Tensor u = delta.tensor("left_vector", at::kFloat), v = delta.tensor("right_vector", at::kFloat);
+  EXPECT_TRUE(test::all_close_abs(u, test::json_to_tensor(json["vectors"]["left_vector"]), 1e-7, "u"));
+  auto original = load_causal_lm(test::reference_model_dir("gpt2"));
+  auto edited = load_causal_lm(dir / "edited");
+  at::Tensor expected = original->rewrite_weight(1) + at::outer(v, u);  // [D, F]
+  EXPECT_TRUE(test::all_close_abs(edited->rewrite_weight(1), expected, 1e-6, "edited W"));
+  EXPECT_TRUE(at::equal(edited->rewrite_weight(0), original->rewrite_weight(0)));
+}
+
+void expect_refusal(const std::string& name, const nlohmann::json& config, int exit_code,
+                    const std::vector<std::string>& message_parts) {
+  auto dir = write_config(name, config);
+  auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "result.json"));
+  EXPECT_EQ(result.exit_code, exit_code) << name << ": " << result.err;
+  for (const auto& part : message_parts)
+    EXPECT_NE(result.err.find(part), std::string::npos) << name << ": missing '" << part << "' in: " << result.err;
+  EXPECT_FALSE(std::filesystem::exists(dir / "result.json")) << name << ": a result file was left behind";
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << name << ": temporary file left";
+}
+
+TEST(EditCommand, RefusesBadInputsWithoutLeavingAResult) {
+  ROME_REQUIRE_SHARED();
+  auto config = reference_config();
+  auto with = [&](const std::function<void(nlohmann::json&)>& change) {
+    nlohmann::json copy = config;
+    change(copy);
+    return copy;
+  };
+  expect_refusal("empty-target", with([](auto& c) { c["request"]["target_new"] = ""; }), 2, {"target_new", "empty"});
+  expect_refusal("layer-range", with([](auto& c) { c["hparams"]["layer"] = 9; }), 2, {"hparams.layer", "9"});
+  expect_refusal("subject-missing", with([](auto& c) { c["request"] = {{"prompt", "Paris is in"}, {"subject", "Rome"}, {"target_new", "Italy"}}; }),
+                 2, {"subject", "Rome", "not in the prompt"});
+  std::string long_prompt = "{} is";
+  for (int i = 0; i < 300; ++i) long_prompt += " very";
+  expect_refusal("too-long", with([&](auto& c) { c["request"]["prompt"] = long_prompt + " a citizen of"; }), 2,
+                 {"context"});
+  expect_refusal("unknown-field", with([](auto& c) { c["hparams"]["layr"] = 1; }), 2, {"hparams", "layr"});
+  expect_refusal("unknown-method", with([](auto& c) { c["method"] = "memit"; }), 2, {"method", "memit"});
+  expect_refusal("missing-model", with([](auto& c) { c["model"] = "/nonexistent/model"; }), 2, {"/nonexistent/model"});
+  // A weight decay of 1e300 overflows float32 (inf * ||0|| = NaN at the first iteration).
+  expect_refusal("non-finite", with([](auto& c) { c["hparams"]["v_weight_decay"] = 1e300; }), 3,
+                 {"loss became", "iteration 0"});
+
+  auto dir = test::scratch_dir("edit-malformed-json");
+  write_file_atomic(dir / "config.json", "{\"model\": ");
+  auto result = test::run_cli("edit --config " + quoted(dir / "config.json"));
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_NE(result.err.find("config.json"), std::string::npos) << result.err;
+}
+
+TEST(EditCommand, PromptWithoutPlaceholderIsAccepted) {
+  ROME_REQUIRE_SHARED();
+  auto config = reference_config();
+  config["request"] = {{"prompt", "Leonardo is a citizen of"}, {"subject", "Leonardo"}, {"target_new", "Japan"}};
+  auto dir = write_config("no-placeholder", config);
+  auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "r.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "r.json"))["request"]["prompt"], "{} is a citizen of");
+}
+
+}  // namespace
+}  // namespace rc
