@@ -1,8 +1,15 @@
 #include "rome_collapse/rome/npz.h"
 
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <fcntl.h>
 #include <memory>
 #include <regex>
+#include <unistd.h>
 
 #include <ATen/ATen.h>
 #include <zip.h>
@@ -16,14 +23,55 @@ namespace {
 constexpr char kMagic[] = "\x93NUMPY";
 constexpr uint64_t kMaxMemberBytes = uint64_t(64) << 30;  // refuse absurd declared sizes before allocating
 
-int64_t element_size(const std::string& descr, const std::string& where) {
-  if (descr.size() < 3) throw InputError(where + ": unsupported dtype '" + descr + "'");
-  if (descr[0] == '>') throw InputError(where + ": big-endian dtype '" + descr + "' is not supported");
-  const char kind = descr[1];
-  const int64_t n = std::stoll(descr.substr(2));
-  if (kind == 'U') return 4 * n;  // UCS-4 code units
-  if (kind == 'S') return n;
-  return n;
+// Bytes per element of a little-endian / byte-order-free dtype; InputError otherwise.
+uint64_t element_size(const std::string& descr, const std::string& where) {
+  if (descr.size() < 3 || descr.find_first_not_of("0123456789", 2) != std::string::npos)
+    throw InputError(where + ": unsupported dtype '" + descr + "'");
+  if (descr[0] == '>')
+    throw InputError(where + ": big-endian dtype '" + descr + "' is not supported (save with dtype '<" +
+                     descr.substr(1) + "')");
+  if (descr[0] != '<' && descr[0] != '|' && descr[0] != '=')
+    throw InputError(where + ": unsupported dtype '" + descr + "'");
+  if (descr.size() > 12) throw InputError(where + ": unsupported dtype '" + descr + "'");
+  const uint64_t n = std::stoull(descr.substr(2));
+  return descr[1] == 'U' ? 4 * n : n;  // "<U": UCS-4 code units
+}
+
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | (cp >> 6));
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | (cp >> 12));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | (cp >> 18));
+    out += char(0x80 | ((cp >> 12) & 0x3F));
+    out += char(0x80 | ((cp >> 6) & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+// UTF-8 to code points; an invalid byte becomes U+FFFD.
+std::vector<uint32_t> utf8_code_points(const std::string& text) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i < text.size();) {
+    const unsigned char c = text[i];
+    const int length = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    bool valid = length > 0 && i + length <= text.size();
+    uint32_t cp = length == 1 ? c : length == 2 ? (c & 0x1F) : length == 3 ? (c & 0x0F) : (c & 0x07);
+    for (int k = 1; valid && k < length; ++k) {
+      const unsigned char next = text[i + k];
+      valid = (next >> 6) == 2;
+      cp = (cp << 6) | (next & 0x3F);
+    }
+    out.push_back(valid ? cp : 0xFFFD);
+    i += valid ? length : 1;
+  }
+  return out;
 }
 
 }  // namespace
@@ -44,79 +92,88 @@ NpyArray parse_npy(const std::string& bytes, const std::string& where) {
   } else {
     throw InputError(where + ": unsupported .npy version " + std::to_string(major));
   }
-  if (header_start + header_length > bytes.size()) throw InputError(where + ": .npy header runs past the end");
+  if (header_start + header_length > bytes.size()) throw InputError(where + ": .npy header runs past the end (truncated?)");
   const std::string header = bytes.substr(header_start, header_length);
   NpyArray array;
+  array.where = where;
   std::smatch match;
   if (!std::regex_search(header, match, std::regex("'descr'\\s*:\\s*'([^']+)'")))
-    throw InputError(where + ": .npy header has no 'descr'");
+    throw InputError(where + ": .npy header has no simple 'descr' (structured dtypes are not supported)");
   array.descr = match[1];
   array.fortran_order = header.find("'fortran_order': True") != std::string::npos;
   if (!std::regex_search(header, match, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)")))
     throw InputError(where + ": .npy header has no 'shape'");
   const std::string dims = match[1];
+  const uint64_t item = element_size(array.descr, where);
   uint64_t count = 1;
   static const std::regex kNumber("\\d+");
   for (std::sregex_iterator it(dims.begin(), dims.end(), kNumber), end; it != end; ++it) {
-    const int64_t dim = std::stoll(it->str());
-    array.shape.push_back(dim);
-    if (dim != 0 && count > kMaxMemberBytes / uint64_t(dim)) throw InputError(where + ": shape too large");
-    count *= uint64_t(dim);
+    if (it->str().size() > 15) throw InputError(where + ": shape too large");
+    const uint64_t dim = std::stoull(it->str());
+    array.shape.push_back(static_cast<int64_t>(dim));
+    if (dim != 0 && count > kMaxMemberBytes / dim) throw InputError(where + ": shape too large");
+    count *= dim;
   }
-  if (array.descr.size() > 1 && (array.descr[0] == '<' || array.descr[0] == '|' || array.descr[0] == '=') &&
-      array.descr.find_first_not_of("0123456789", 2) != std::string::npos)
-    throw InputError(where + ": unsupported dtype '" + array.descr + "'");
-  const uint64_t expected = count * uint64_t(element_size(array.descr, where));
+  if (item != 0 && count > kMaxMemberBytes / item) throw InputError(where + ": shape too large");
+  const uint64_t expected = count * item;
   const size_t data_start = header_start + header_length;
   if (bytes.size() - data_start != expected)
     throw InputError(where + ": data has " + std::to_string(bytes.size() - data_start) + " bytes, shape and dtype need " +
-                     std::to_string(expected));
+                     std::to_string(expected) + (bytes.size() - data_start < expected ? " (truncated?)" : ""));
   array.data = bytes.substr(data_start);
   return array;
 }
 
+int64_t NpyArray::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 at::Tensor NpyArray::tensor() const {
   at::ScalarType type;
-  if (descr == "<f4") type = at::kFloat;
-  else if (descr == "<f8") type = at::kDouble;
-  else if (descr == "<f2") type = at::kHalf;
-  else if (descr == "<i8") type = at::kLong;
-  else if (descr == "<i4") type = at::kInt;
-  else if (descr == "|u1") type = at::kByte;
-  else if (descr == "|b1") type = at::kBool;
-  else throw InputError("npy dtype '" + descr + "' is not numeric");
+  const std::string kind = descr.substr(1);
+  if (kind == "f4") type = at::kFloat;
+  else if (kind == "f8") type = at::kDouble;
+  else if (kind == "f2") type = at::kHalf;
+  else if (kind == "i8") type = at::kLong;
+  else if (kind == "i4") type = at::kInt;
+  else if (kind == "i2") type = at::kShort;
+  else if (kind == "i1") type = at::kChar;
+  else if (kind == "u1") type = at::kByte;
+  else if (kind == "b1") type = at::kBool;
+  else throw InputError(where + ": dtype '" + descr + "' is not a supported numeric type");
   std::vector<int64_t> sizes = shape;
   if (fortran_order) std::reverse(sizes.begin(), sizes.end());
   at::Tensor out = at::empty(sizes, at::TensorOptions().dtype(type));
   std::memcpy(out.data_ptr(), data.data(), data.size());
-  if (fortran_order && out.dim() > 1) out = out.permute([&] {
+  if (fortran_order && out.dim() > 1) {
     std::vector<int64_t> order(out.dim());
     for (int64_t i = 0; i < out.dim(); ++i) order[i] = out.dim() - 1 - i;
-    return order;
-  }()).contiguous();
+    out = out.permute(order).contiguous();
+  }
   return out;
 }
 
 std::string NpyArray::string() const {
+  if (numel() != 1) throw InputError(where + ": expected a single string, found " + std::to_string(numel()) + " elements");
   if (descr.size() > 2 && descr[1] == 'U') {
     std::string out;
     for (size_t i = 0; i + 4 <= data.size(); i += 4) {
       uint32_t cp;
       std::memcpy(&cp, data.data() + i, 4);
-      if (cp == 0) continue;
-      if (cp < 0x80) out += char(cp);
-      else if (cp < 0x800) { out += char(0xC0 | (cp >> 6)); out += char(0x80 | (cp & 0x3F)); }
-      else if (cp < 0x10000) { out += char(0xE0 | (cp >> 12)); out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F)); }
-      else { out += char(0xF0 | (cp >> 18)); out += char(0x80 | ((cp >> 12) & 0x3F)); out += char(0x80 | ((cp >> 6) & 0x3F)); out += char(0x80 | (cp & 0x3F)); }
+      if (cp == 0) break;  // NumPy pads with NUL code units
+      append_utf8(out, cp > 0x10FFFF ? 0xFFFD : cp);
     }
     return out;
   }
-  if (descr.size() > 2 && descr[1] == 'S') return std::string(data.c_str());
-  throw InputError("npy dtype '" + descr + "' is not a string");
+  if (descr.size() > 2 && descr[1] == 'S') return std::string(data.c_str(), strnlen(data.c_str(), data.size()));
+  throw InputError(where + ": dtype '" + descr + "' is not a string");
 }
 
 namespace {
 std::string npy_with_header(const std::string& descr, const std::vector<int64_t>& shape, const std::string& data) {
+  // The header NumPy itself writes: dict repr, padded with spaces to a multiple of 64, then "\n".
   std::string dims;
   for (size_t i = 0; i < shape.size(); ++i) dims += std::to_string(shape[i]) + (shape.size() == 1 ? "," : (i + 1 < shape.size() ? ", " : ""));
   std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': (" + dims + "), }";
@@ -147,13 +204,10 @@ std::string serialize_npy(const at::Tensor& tensor) {
 }
 
 std::string serialize_npy_string(const std::string& text) {
-  // ASCII/UTF-8 to UCS-4 (the strings written here are ASCII).
+  const std::vector<uint32_t> code_points = utf8_code_points(text);
   std::string data;
-  for (unsigned char c : text) {
-    uint32_t cp = c;
-    data.append(reinterpret_cast<const char*>(&cp), 4);
-  }
-  return npy_with_header("<U" + std::to_string(text.size()), {}, data);
+  for (uint32_t cp : code_points) data.append(reinterpret_cast<const char*>(&cp), 4);
+  return npy_with_header("<U" + std::to_string(code_points.size()), {}, data);
 }
 
 std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path) {
@@ -165,7 +219,7 @@ std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path) {
   zip_t* archive = zip_open_from_source(source, ZIP_RDONLY, &error);
   if (!archive) {
     zip_source_free(source);
-    fail_input(path.string(), std::string("not an .npz (zip) file: ") + zip_error_strerror(&error));
+    fail_input(path.string(), std::string("not an .npz (zip) file or truncated: ") + zip_error_strerror(&error));
   }
   std::unique_ptr<zip_t, int (*)(zip_t*)> guard(archive, zip_close);
   std::map<std::string, NpyArray> members;
@@ -173,58 +227,197 @@ std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path) {
   for (zip_int64_t i = 0; i < entries; ++i) {
     zip_stat_t stat;
     if (zip_stat_index(archive, i, 0, &stat) != 0) fail_input(path.string(), "unreadable zip entry");
-    std::string name = stat.name;
+    std::string name = (stat.valid & ZIP_STAT_NAME) && stat.name != nullptr ? stat.name : "#" + std::to_string(i);
     const std::string where = path.string() + ": member '" + name + "'";
     if (stat.size > kMaxMemberBytes) throw InputError(where + ": declared size too large");
+    // The declared size comes from the archive itself: before allocating it, check it against what
+    // the archive can hold (a stored member is as large as its bytes in the file, deflate expands
+    // at most ~1032:1), so a lying or truncated directory is refused instead of allocated.
+    const bool stored = (stat.valid & ZIP_STAT_COMP_METHOD) && stat.comp_method == ZIP_CM_STORE;
+    if (!stored && !((stat.valid & ZIP_STAT_COMP_METHOD) && stat.comp_method == ZIP_CM_DEFLATE))
+      throw InputError(where + ": compression method " + std::to_string(stat.comp_method) +
+                       " is neither stored nor deflate (what np.savez / np.savez_compressed write)");
+    const zip_uint64_t compressed = (stat.valid & ZIP_STAT_COMP_SIZE) ? stat.comp_size : bytes.size();
+    if (compressed > bytes.size() || stat.size > (stored ? compressed : compressed * 1032 + 1024))
+      throw InputError(where + ": declares " + std::to_string(stat.size) + " bytes (" + std::to_string(compressed) +
+                       " compressed) but the archive has only " + std::to_string(bytes.size()) +
+                       " bytes: truncated or corrupt");
     zip_file_t* file = zip_fopen_index(archive, i, 0);
     if (!file) throw InputError(where + ": cannot open (" + std::string(zip_strerror(archive)) + ")");
     std::string content(stat.size, '\0');
     const zip_int64_t read = zip_fread(file, content.data(), stat.size);
+    // Reading past the end checks the CRC of a member read in full.
+    char extra;
+    const zip_int64_t trailing = read >= 0 ? zip_fread(file, &extra, 1) : 0;
+    const std::string reason = zip_file_strerror(file);
     zip_fclose(file);
-    if (read < 0 || static_cast<zip_uint64_t>(read) != stat.size) throw InputError(where + ": truncated or corrupt");
+    if (read < 0 || trailing < 0 || static_cast<zip_uint64_t>(read) != stat.size)
+      throw InputError(where + ": truncated or corrupt (" + reason + ")");
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0) name.resize(name.size() - 4);
     members[name] = parse_npy(content, where);
   }
   return members;
 }
 
-void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members) {
-  const std::string temp = path.string() + ".tmp.npz";
-  int error_code = 0;
-  zip_t* archive = zip_open(temp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &error_code);
-  if (!archive) fail_input(path.string(), "cannot create");
-  for (const auto& [name, bytes] : members) {
-    zip_source_t* source = zip_source_buffer(archive, bytes.data(), bytes.size(), 0);
-    const zip_int64_t index = source ? zip_file_add(archive, (name + ".npy").c_str(), source, ZIP_FL_OVERWRITE) : -1;
-    if (index < 0) {
-      if (source) zip_source_free(source);
-      zip_discard(archive);
-      fail_input(path.string(), "cannot add member '" + name + "'");
+namespace {
+
+uint32_t crc32(const std::string& bytes) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t n = 0; n < 256; ++n) {
+      uint32_t c = n;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[n] = c;
     }
-    zip_set_file_compression(archive, index, ZIP_CM_STORE, 0);
-    zip_file_set_mtime(archive, index, 315532800 /* 1980-01-01, zip's epoch */, 0);
+    return t;
+  }();
+  uint32_t c = 0xFFFFFFFFu;
+  for (unsigned char byte : bytes) c = table[(c ^ byte) & 0xFF] ^ (c >> 8);
+  return c ^ 0xFFFFFFFFu;
+}
+
+void put16(std::string& out, uint32_t v) {
+  out += char(v & 0xFF);
+  out += char((v >> 8) & 0xFF);
+}
+void put32(std::string& out, uint32_t v) {
+  put16(out, v & 0xFFFF);
+  put16(out, v >> 16);
+}
+
+// Writes all of `bytes` to fd; false on error.
+bool write_all(int fd, const char* data, size_t size) {
+  while (size > 0) {
+    const ssize_t n = ::write(fd, data, std::min<size_t>(size, size_t(1) << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    data += n;
+    size -= static_cast<size_t>(n);
   }
-  if (zip_close(archive) != 0) {
-    zip_discard(archive);
-    fail_input(path.string(), "cannot write the archive");
+  return true;
+}
+
+}  // namespace
+
+void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members) {
+  // A plain stored zip, written by hand so that the bytes depend on the content only:
+  // local header + data per member, then the central directory; DOS time 1980-01-01 00:00.
+  constexpr uint32_t kDosTime = 0, kDosDate = (1 << 5) | 1;
+  uint64_t total = 22;
+  for (const auto& [name, bytes] : members) total += 30 + 46 + 2 * (name.size() + 4) + bytes.size();
+  if (total >= 0xFFFFFFFFull)
+    fail_input(path.string(), "archive of " + std::to_string(total) + " bytes needs Zip64, which is not written");
+
+  std::string directory;
+  std::vector<std::string> local_headers;
+  std::vector<const std::string*> datas;
+  uint32_t offset = 0;
+  for (const auto& [name, bytes] : members) {
+    const std::string file_name = name + ".npy";
+    const uint32_t crc = crc32(bytes), size = static_cast<uint32_t>(bytes.size());
+    std::string local;
+    put32(local, 0x04034b50);
+    put16(local, 20);  // version needed: 2.0
+    put16(local, 0);   // flags
+    put16(local, 0);   // stored
+    put16(local, kDosTime);
+    put16(local, kDosDate);
+    put32(local, crc);
+    put32(local, size);
+    put32(local, size);
+    put16(local, static_cast<uint32_t>(file_name.size()));
+    put16(local, 0);  // no extra field
+    local += file_name;
+
+    put32(directory, 0x02014b50);
+    put16(directory, 0x0314);  // made by: Unix, 2.0
+    put16(directory, 20);
+    put16(directory, 0);
+    put16(directory, 0);
+    put16(directory, kDosTime);
+    put16(directory, kDosDate);
+    put32(directory, crc);
+    put32(directory, size);
+    put32(directory, size);
+    put16(directory, static_cast<uint32_t>(file_name.size()));
+    put16(directory, 0);  // extra
+    put16(directory, 0);  // comment
+    put16(directory, 0);  // disk
+    put16(directory, 0);  // internal attributes
+    put32(directory, 0100644u << 16);  // external attributes: regular file, rw-r--r--
+    put32(directory, offset);
+    directory += file_name;
+
+    offset += static_cast<uint32_t>(local.size()) + size;
+    local_headers.push_back(std::move(local));
+    datas.push_back(&bytes);
   }
-  std::filesystem::rename(temp, path);
+  std::string end;
+  put32(end, 0x06054b50);
+  put16(end, 0);
+  put16(end, 0);
+  put16(end, static_cast<uint32_t>(members.size()));
+  put16(end, static_cast<uint32_t>(members.size()));
+  put32(end, static_cast<uint32_t>(directory.size()));
+  put32(end, offset);
+  put16(end, 0);
+
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  const std::string temp = path.string() + ".tmp." + std::to_string(::getpid());
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_input(path.string(), std::string("cannot create: ") + std::strerror(errno));
+  bool ok = true;
+  for (size_t i = 0; ok && i < local_headers.size(); ++i)
+    ok = write_all(fd, local_headers[i].data(), local_headers[i].size()) && write_all(fd, datas[i]->data(), datas[i]->size());
+  ok = ok && write_all(fd, directory.data(), directory.size()) && write_all(fd, end.data(), end.size());
+  const int saved_errno = errno;
+  // fsync before the rename: after a crash the file is either the old one or the complete new one.
+  ok = ok && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok) {
+    std::remove(temp.c_str());
+    fail_input(path.string(), std::string("write failed: ") + std::strerror(saved_errno ? saved_errno : errno));
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    std::remove(temp.c_str());
+    fail_input(path.string(), std::string("cannot rename the temporary file into place: ") + std::strerror(errno));
+  }
 }
 
 SecondMoment read_second_moment_npz(const std::filesystem::path& path) {
   auto members = read_npz(path);
+  const std::string file = path.string();
   for (const char* key : {"mom2.mom2", "mom2.count"})
-    if (!members.count(key)) fail_input(path.string(), std::string("missing member '") + key + "' (ROME's layout)");
+    if (!members.count(key))
+      fail_input(file, std::string("missing member '") + key +
+                           "' (expected ROME's layout: mom2.mom2, mom2.count, mom2.constructor, sample_size)");
+  auto scalar = [&](const char* key) {
+    const NpyArray& array = members.at(key);
+    if (array.numel() != 1) throw InputError(array.where + ": expected a single integer, shape has " +
+                                             std::to_string(array.numel()) + " elements");
+    at::Tensor value = array.tensor();
+    if (at::isFloatingType(value.scalar_type())) {
+      const double v = value.to(at::kDouble).item<double>();
+      if (v != std::floor(v)) throw InputError(array.where + ": expected an integer, found " + std::to_string(v));
+    }
+    return value.to(at::kLong).reshape({}).item<int64_t>();
+  };
   SecondMoment moment;
-  moment.source = path.string();
+  moment.source = file;
   moment.sha256 = sha256_file(path);
-  moment.mom2 = members["mom2.mom2"].tensor().to(at::kDouble);
-  if (moment.mom2.dim() != 2 || moment.mom2.size(0) != moment.mom2.size(1))
-    fail_input(path.string(), "member 'mom2.mom2' must be a square matrix");
-  moment.count = members["mom2.count"].tensor().to(at::kLong).item<int64_t>();
-  if (members.count("mom2.constructor")) moment.constructor = members["mom2.constructor"].string();
-  if (members.count("sample_size")) moment.sample_size = members["sample_size"].tensor().to(at::kLong).item<int64_t>();
-  if (!at::isfinite(moment.mom2).all().item<bool>()) fail_input(path.string(), "member 'mom2.mom2' has NaN or Inf");
+  const NpyArray& mom2 = members.at("mom2.mom2");
+  const at::Tensor values = mom2.tensor();
+  if (!at::isFloatingType(values.scalar_type()))
+    throw InputError(mom2.where + ": expected a float32/float64 matrix, found dtype '" + mom2.descr + "'");
+  if (values.dim() != 2 || values.size(0) != values.size(1))
+    throw InputError(mom2.where + ": must be a square [F, F] matrix, found shape " + std::string(c10::str(values.sizes())));
+  moment.mom2 = values.to(at::kDouble);
+  if (!at::isfinite(moment.mom2).all().item<bool>()) throw InputError(mom2.where + ": has NaN or Inf");
+  moment.count = scalar("mom2.count");
+  if (moment.count <= 0)
+    throw InputError(members.at("mom2.count").where + ": must be positive, found " + std::to_string(moment.count));
+  if (members.count("mom2.constructor")) moment.constructor = members.at("mom2.constructor").string();
+  if (members.count("sample_size")) moment.sample_size = scalar("sample_size");
   return moment;
 }
 
@@ -232,7 +425,7 @@ void write_second_moment_npz(const std::filesystem::path& path, const at::Tensor
                              int64_t sample_size, at::ScalarType stored_dtype) {
   write_npz(path, {{"mom2.mom2", serialize_npy(mom2_sum.to(stored_dtype))},
                    {"mom2.count", serialize_npy(at::scalar_tensor(count, at::kLong))},
-                   {"mom2.constructor", serialize_npy_string("rome_collapse.SecondMoment")},
+                   {"mom2.constructor", serialize_npy_string(kSecondMomentConstructor)},
                    {"sample_size", serialize_npy(at::scalar_tensor(sample_size, at::kLong))}});
 }
 

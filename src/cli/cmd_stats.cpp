@@ -1,0 +1,235 @@
+// `rome-collapse stats`: the second moment C of a layer's rewrite-module inputs over a corpus, in
+// ROME's .npz layout, with resumable checkpoints (like llama.cpp's imatrix).
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/rome/key_statistics.h"
+#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/util/error.h"
+#include "rome_collapse/util/files.h"
+
+namespace rc::cli {
+namespace {
+
+// Exit status of a run stopped by a signal (or --stop-after-texts) after writing its checkpoint.
+constexpr int kInterruptedExit = 130;
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void request_stop(int signal) {
+  if (g_stop_signal != 0) {  // a second signal: stop now, without a checkpoint
+    std::signal(signal, SIG_DFL);
+    std::raise(signal);
+    return;
+  }
+  g_stop_signal = signal;
+}
+
+// SIGINT/SIGTERM set a flag checked between batches, for the life of the stats command only.
+class StopSignalScope {
+ public:
+  StopSignalScope() {
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = request_stop;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &previous_int_);
+    sigaction(SIGTERM, &action, &previous_term_);
+  }
+  ~StopSignalScope() {
+    sigaction(SIGINT, &previous_int_, nullptr);
+    sigaction(SIGTERM, &previous_term_, nullptr);
+  }
+  StopSignalScope(const StopSignalScope&) = delete;
+  StopSignalScope& operator=(const StopSignalScope&) = delete;
+
+ private:
+  struct sigaction previous_int_ {}, previous_term_ {};
+};
+
+std::string absolute_path(const std::string& path) {
+  if (path.empty() || path.rfind("builtin:", 0) == 0) return path;
+  std::error_code error;
+  auto canonical = std::filesystem::weakly_canonical(path, error);
+  return error ? path : canonical.string();
+}
+
+std::string duration_text(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  char text[32];
+  const long s = static_cast<long>(seconds + 0.5);
+  if (s >= 3600) std::snprintf(text, sizeof text, "%ldh%02ldm", s / 3600, (s / 60) % 60);
+  else if (s >= 60) std::snprintf(text, sizeof text, "%ldm%02lds", s / 60, s % 60);
+  else std::snprintf(text, sizeof text, "%lds", s);
+  return text;
+}
+
+// Progress on stderr: one updating line on a terminal, a line every 10 s otherwise.
+class Progress {
+ public:
+  Progress(int64_t total, int64_t start) : total_(total), start_texts_(start), tty_(::isatty(STDERR_FILENO) == 1) {}
+
+  void update(int64_t texts_done, int64_t tokens_this_run, bool force = false) {
+    const auto now = Clock::now();
+    const double since_print = std::chrono::duration<double>(now - last_print_).count();
+    if (!force && since_print < (tty_ ? 0.5 : 10.0)) return;
+    last_print_ = now;
+    const double elapsed = std::chrono::duration<double>(now - start_).count();
+    const int64_t texts_this_run = texts_done - start_texts_;
+    const double eta = texts_this_run > 0 ? elapsed / texts_this_run * (total_ - texts_done) : -1;
+    char line[256];
+    std::snprintf(line, sizeof line, "stats: %lld/%lld texts (%.1f%%), %lld tokens, %.0f tokens/s, elapsed %s, ETA %s",
+                  static_cast<long long>(texts_done), static_cast<long long>(total_),
+                  total_ > 0 ? 100.0 * texts_done / total_ : 100.0, static_cast<long long>(tokens_this_run),
+                  elapsed > 0 ? tokens_this_run / elapsed : 0.0, duration_text(elapsed).c_str(), duration_text(eta).c_str());
+    std::cerr << (tty_ ? "\r" : "") << line << (tty_ ? "\033[K" : "\n") << std::flush;
+    printed_on_tty_ = tty_;
+  }
+  void finish_line() {
+    if (printed_on_tty_) std::cerr << "\n";
+    printed_on_tty_ = false;
+  }
+  double elapsed() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  int64_t total_, start_texts_;
+  bool tty_;
+  bool printed_on_tty_ = false;
+  Clock::time_point start_ = Clock::now(), last_print_ = Clock::now();
+};
+
+// The checkpoint and any temporary file a killed run left while writing it or the output.
+void remove_checkpoint_files(const std::filesystem::path& out, const std::filesystem::path& partial) {
+  std::error_code ignored;
+  std::filesystem::remove(partial, ignored);
+  const std::filesystem::path dir = out.has_parent_path() ? out.parent_path() : std::filesystem::path(".");
+  const std::string out_temp = out.filename().string() + ".tmp.", partial_temp = partial.filename().string() + ".tmp.";
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind(out_temp, 0) == 0 || name.rfind(partial_temp, 0) == 0) std::filesystem::remove(entry.path(), ignored);
+  }
+}
+
+}  // namespace
+
+int run_stats(const StatsArgs& args) {
+  if (args.corpus.empty()) throw InputError("--corpus: give at least one text file");
+  const at::ScalarType stored_dtype = args.dtype == "float64" ? at::kDouble : at::kFloat;
+  if (args.dtype != "float32" && args.dtype != "float64")
+    throw InputError("--dtype \"" + args.dtype + "\": expected float32 or float64");
+
+  LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
+                                  args.model.dtype);
+  const CausalLM& model = *loaded.model;
+  const ModelConfig& config = model.config();
+  if (args.layer < 0 || args.layer >= config.n_layers)
+    throw InputError("--layer " + std::to_string(args.layer) + ": out of range for " + loaded.model_path + " (" +
+                     std::to_string(config.n_layers) + " layers)");
+  // CPU: one text per pass, padding to the longest text costs more than batching saves.
+  const int64_t batch_size = args.batch_size > 0 ? args.batch_size : (args.model.device == "cuda" ? 16 : 1);
+  const int64_t max_length = args.max_length > 0 ? args.max_length : config.max_positions;
+  if (max_length > config.max_positions)
+    throw InputError("--max-length " + std::to_string(max_length) + ": more than the model's context of " +
+                     std::to_string(config.max_positions) + " tokens");
+
+  std::vector<std::string> texts;
+  nlohmann::json corpus_fingerprint = nlohmann::json::array();
+  for (const auto& file : args.corpus) {
+    std::vector<std::string> file_texts = read_texts(file);
+    corpus_fingerprint.push_back({{"path", absolute_path(file)}, {"sha256", sha256_file(file)}});
+    texts.insert(texts.end(), std::make_move_iterator(file_texts.begin()), std::make_move_iterator(file_texts.end()));
+  }
+  int64_t total = static_cast<int64_t>(texts.size());
+  if (args.samples > 0 && args.samples < total) total = args.samples;
+  if (args.samples > total)
+    std::cerr << "stats: the corpus has only " << total << " texts (--samples " << args.samples << "); using all\n";
+
+  // Everything that changes the running sum; a checkpoint resumes only under the same values.
+  const nlohmann::json fingerprint = {{"model", absolute_path(loaded.model_path)},
+                                      {"tokenizer", absolute_path(loaded.tokenizer_path)},
+                                      {"add_bos", loaded.add_bos},
+                                      {"layer", args.layer},
+                                      {"corpus", corpus_fingerprint},
+                                      {"texts", total},
+                                      {"max_length", max_length},
+                                      {"batch_size", batch_size},
+                                      {"device", args.model.device},
+                                      {"compute_dtype", args.model.dtype}};
+  const std::filesystem::path out = args.out;
+  const std::filesystem::path partial = checkpoint_path_for(out);
+  const bool resuming = std::filesystem::exists(partial);
+  SecondMomentCollector collector = resuming ? SecondMomentCollector::restore(partial, fingerprint, config.d_ff, model.device())
+                                             : SecondMomentCollector(config.d_ff, model.device());
+  if (collector.texts_done() > total || (collector.texts_done() % batch_size != 0 && collector.texts_done() != total))
+    fail_input(partial.string(), "texts_done " + std::to_string(collector.texts_done()) +
+                                     " is not a batch boundary of this run; delete it to start over");
+
+  StopSignalScope signals;  // before the header line: tests wait for it before signalling
+  std::cerr << "stats: " << loaded.model_path << " layer " << args.layer << " (" << model.rewrite_weight_name(args.layer)
+            << " input, F = " << config.d_ff << "), " << total << " texts of at most " << max_length
+            << " tokens, batch " << batch_size << " -> " << out.string() << "\n";
+  if (resuming)
+    std::cerr << "stats: resuming from " << partial.string() << " at text " << collector.texts_done() << " ("
+              << collector.count() << " tokens so far)\n";
+
+  Progress progress(total, collector.texts_done());
+  int64_t tokens_this_run = 0, last_checkpoint = collector.texts_done();
+  const int64_t pad_id = loaded.pad_id();
+  while (collector.texts_done() < total) {
+    // Batches always start at multiples of batch_size, resumed or not: the same sums in the same order.
+    const int64_t begin = collector.texts_done(), end = std::min(total, begin + batch_size);
+    std::vector<std::vector<int64_t>> batch;
+    for (int64_t i = begin; i < end; ++i) {
+      std::vector<int64_t> ids = loaded.encode(texts[i]);
+      if (static_cast<int64_t>(ids.size()) > max_length) ids.resize(max_length);
+      batch.push_back(std::move(ids));
+    }
+    const at::Tensor keys = rewrite_keys_of_all_tokens(model, batch, args.layer, pad_id);  // [N, F]
+    collector.add_keys(keys);
+    collector.add_texts_done(end - begin);
+    tokens_this_run += keys.size(0);
+
+    const bool finished = collector.texts_done() >= total;
+    const bool stop = g_stop_signal != 0 || (args.stop_after_texts > 0 && collector.texts_done() >= args.stop_after_texts);
+    if (!finished && (stop || collector.texts_done() - last_checkpoint >= args.checkpoint_every)) {
+      collector.save_checkpoint(partial, fingerprint);
+      last_checkpoint = collector.texts_done();
+    }
+    progress.update(collector.texts_done(), tokens_this_run, finished || stop);
+    if (stop && !finished) {
+      progress.finish_line();
+      const std::string why = g_stop_signal == SIGTERM ? "SIGTERM"
+                              : g_stop_signal == SIGINT ? "SIGINT"
+                                                        : "--stop-after-texts";
+      std::cerr << "stats: stopped by " << why << " after " << collector.texts_done() << " of " << total
+                << " texts; checkpoint written to " << partial.string()
+                << "; run the same command again to resume\n";
+      return kInterruptedExit;
+    }
+  }
+  progress.finish_line();
+  if (collector.count() == 0) throw InputError("--corpus: the texts encode to no tokens; nothing to collect");
+  collector.write_second_moment(out, stored_dtype);
+  remove_checkpoint_files(out, partial);
+  const double elapsed = progress.elapsed();
+  std::cerr << "stats: wrote " << out.string() << " (mom2.mom2 " << config.d_ff << "x" << config.d_ff << " " << args.dtype
+            << ", count " << collector.count() << " tokens, sample_size " << collector.texts_done() << " texts) in "
+            << duration_text(elapsed) << ", " << static_cast<int64_t>(elapsed > 0 ? tokens_this_run / elapsed : 0)
+            << " tokens/s\n";
+  return kOk;
+}
+
+}  // namespace rc::cli
