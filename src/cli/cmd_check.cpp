@@ -1,0 +1,29 @@
+// `rome-collapse check`: the collapse guard. Keys and denominators only; exit 1 when a request's
+// ROME denominator is too small (absolutely or against C-ROME's), so CI can guard a set of edits.
+#include <iostream>
+
+#include "commands.h"
+#include "rome_collapse/rome/check.h"
+#include "rome_collapse/util/error.h"
+#include "rome_collapse/util/files.h"
+
+namespace rc::cli {
+
+int run_check_command(const CheckArgs& args) {
+  if (!(args.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
+  if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
+  KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
+  const EditConfig& config = setup.config;
+  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  KeyRunContext context = prepare_key_run(loaded, config);
+  CheckThresholds thresholds;
+  thresholds.min_abs_denominator = args.min_abs_denominator;
+  thresholds.min_ratio = args.min_ratio;
+  CheckReport report = run_check(loaded, config, setup.requests, context, thresholds);
+  if (!args.json.empty()) write_file_atomic(args.json, json_text(to_json(report, loaded, config, setup.requests)) + "\n");
+  std::cout << format_check_table(report);
+  if (!args.json.empty()) std::cout << "report written to " << args.json << "\n";
+  return report.all_passed() ? kOk : kCheckFailed;
+}
+
+}  // namespace rc::cli

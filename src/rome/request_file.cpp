@@ -1,0 +1,131 @@
+#include "rome_collapse/rome/request_file.h"
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "rome_collapse/eval/dataset.h"
+#include "rome_collapse/util/error.h"
+#include "rome_collapse/util/files.h"
+
+namespace rc {
+namespace {
+
+// Dataset records (CounterFact, EasyEdit, ZsRE) as opposed to plain requests, by the fields only
+// a dataset has; anything else is read as a plain request, strictly (a misspelt field is an error).
+bool is_dataset_record(const nlohmann::json& record) {
+  if (!record.is_object()) return false;
+  for (const char* key : {"requested_rewrite", "src", "alt", "ground_truth", "rephrase_prompt", "locality_prompt",
+                          "locality_ground_truth", "locality", "portability"})
+    if (record.contains(key)) return true;
+  return false;
+}
+
+RequestFormat from_dataset_format(DatasetFormat format) {
+  switch (format) {
+    case DatasetFormat::CounterfactRome: return RequestFormat::CounterFact;
+    case DatasetFormat::EasyEdit: return RequestFormat::EasyEdit;
+    case DatasetFormat::ZsreRome: return RequestFormat::Zsre;
+    case DatasetFormat::Auto: break;
+  }
+  return RequestFormat::Plain;
+}
+
+std::vector<nlohmann::json> parse_records(const std::string& text, const std::string& source) {
+  const bool lines_by_name = source.size() > 6 && source.compare(source.size() - 6, 6, ".jsonl") == 0;
+  if (!lines_by_name) {
+    nlohmann::json json;
+    try {
+      json = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail_input(source, std::string("malformed JSON: ") + e.what());
+    }
+    if (json.is_object() && json.contains("requests")) json = json["requests"];
+    if (json.is_object()) return {json};  // a single request
+    if (!json.is_array()) fail_input(source, "expected a JSON list of requests");
+    return std::vector<nlohmann::json>(json.begin(), json.end());
+  }
+  std::vector<nlohmann::json> records;
+  std::istringstream stream(text);
+  std::string line;
+  for (size_t number = 1; std::getline(stream, line); ++number) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      records.push_back(nlohmann::json::parse(line));
+    } catch (const nlohmann::json::parse_error& e) {
+      fail_input(source, "line " + std::to_string(number) + ": malformed JSON: " + e.what());
+    }
+  }
+  return records;
+}
+
+nlohmann::json record_id(const nlohmann::json& record, size_t index) {
+  if (record.is_object() && record.contains("case_id") && !record["case_id"].is_null()) return record["case_id"];
+  return index;
+}
+
+}  // namespace
+
+std::string to_string(RequestFormat format) {
+  switch (format) {
+    case RequestFormat::Plain: return "requests";
+    case RequestFormat::CounterFact: return "counterfact";
+    case RequestFormat::EasyEdit: return "easyedit";
+    case RequestFormat::Zsre: return "zsre";
+  }
+  return "?";
+}
+
+EditRequest parse_request_record(const nlohmann::json& record, const std::string& where, RequestFormat* format) {
+  if (!is_dataset_record(record)) {
+    if (format) *format = RequestFormat::Plain;
+    return parse_request(record, where);  // strict: a misspelt field is an error
+  }
+  Dataset one = parse_dataset(nlohmann::json::array({record}), where);
+  if (format) *format = from_dataset_format(one.format);
+  return one.records.at(0).request;
+}
+
+RequestSet read_request_file(const std::filesystem::path& path) {
+  RequestSet set;
+  set.source = path.string();
+  std::vector<nlohmann::json> records = parse_records(read_file(path), set.source);
+  if (records.empty()) fail_input(set.source, "no requests in the file");
+  if (is_dataset_record(records[0])) {
+    // Dataset files are read by eval/dataset (its format detection and field rules).
+    Dataset dataset = parse_dataset(nlohmann::json(records), set.source);
+    set.format = from_dataset_format(dataset.format);
+    for (const EditRecord& record : dataset.records) {
+      set.requests.push_back(record.request);
+      set.ids.push_back(record.case_id);
+    }
+    return set;
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    set.requests.push_back(parse_request(records[i], set.source + ": [" + std::to_string(i) + "]"));
+    set.ids.push_back(record_id(records[i], i));
+  }
+  return set;
+}
+
+RequestSet requests_from_config_json(const nlohmann::json& config, const std::string& source) {
+  RequestSet set;
+  set.source = source;
+  if (config.contains("requests")) {
+    if (config.contains("request")) fail_input(source, "give either \"request\" or \"requests\"");
+    const auto& list = config["requests"];
+    if (!list.is_array() || list.empty()) fail_input(source, "requests: expected a non-empty list");
+    for (size_t i = 0; i < list.size(); ++i) {
+      set.requests.push_back(parse_request_record(list[i], source + ": requests[" + std::to_string(i) + "]"));
+      set.ids.push_back(record_id(list[i], i));
+    }
+  } else if (config.contains("request")) {
+    set.requests.push_back(parse_request_record(config["request"], source + ": request"));
+    set.ids.push_back(0);
+  } else {
+    fail_input(source, "no \"request\" or \"requests\" (or pass --requests FILE)");
+  }
+  return set;
+}
+
+}  // namespace rc
