@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace rc::cli {
 
@@ -42,6 +43,61 @@ struct EditArgs {
   bool reference_path = false;
 };
 int run_edit_command(const EditArgs& args);
+
+struct CheckArgs {
+  std::string config;
+  std::string requests;              // request file; empty: the config's requests
+  double min_abs_denominator = 0.0;  // |ROME denominator| below this fails (0: off)
+  double min_ratio = 0.5;            // |ROME| / |C-ROME| denominator below this fails
+  std::string json;                  // report file; empty: none
+};
+int run_check_command(const CheckArgs& args);
+
+struct KeysArgs {
+  std::string config;
+  std::string requests;
+  std::string out;                     // .npz
+  std::string json;                    // analysis JSON; empty: none
+  std::vector<int64_t> prefix_tokens;  // empty: 1 2 4 8
+};
+int run_keys_command(const KeysArgs& args);
+
+struct StatsArgs {
+  ModelArgs model;                  // model.dtype: compute dtype (--compute-dtype)
+  int64_t layer = -1;
+  std::vector<std::string> corpus;  // text files (read_texts formats), in order
+  int64_t samples = 0;              // 0: every text
+  int64_t max_length = 0;           // 0: the model's context
+  int64_t batch_size = 0;           // 0: 1 on cpu, 16 on cuda
+  std::string dtype = "float32";    // stored dtype of mom2.mom2
+  int64_t checkpoint_every = 200;   // texts between checkpoints
+  int64_t stop_after_texts = 0;     // hidden, for tests: behave as if interrupted after this many texts
+  std::string out;
+};
+int run_stats(const StatsArgs& args);
+
+struct BatchArgs {
+  std::string config;
+  std::string out;          // result directory (default: batch-<config stem>)
+  std::string shard;        // "i/n": records whose dataset position % n == i
+  int64_t max_edits = 0;    // > 0: stop after this many new edits (resume later)
+};
+int run_batch(const BatchArgs& args);
+
+struct MergeArgs {
+  std::vector<std::string> dirs;
+  std::string out;
+};
+int run_merge(const MergeArgs& args);
+
+struct BenchArgs {
+  std::string models = "tiny-gpt2,tiny-llama,tiny-gptj,stories260K,gpt2-small";
+  std::string shared = "../shared";
+  int64_t steps = 0;     // 0: each model's own setting
+  int64_t repeats = 1;
+  std::string out;
+};
+int run_bench(const BenchArgs& args);
 
 // [commands: new argument structs and run_* declarations above this line]
 

@@ -54,6 +54,85 @@ int main(int argc, char** argv) {
   edit->add_flag("--reference-path", edit_args.reference_path,
                  "optimise v* as the paper's code does (every layer, full logits) instead of the fast path");
 
+  rc::cli::CheckArgs check_args;
+  auto* check = app.add_subcommand("check", "collapse guard: ROME vs C-ROME denominators from the keys alone (exit 1 on failure)");
+  check->add_option("--config", check_args.config, "edit config JSON (model, hparams.layer, templates, requests)")
+      ->required();
+  check->add_option("--requests", check_args.requests,
+                    "request file: JSON list / JSONL of requests, CounterFact, EasyEdit or ZsRE records");
+  check->add_option("--min-abs-denominator", check_args.min_abs_denominator,
+                    "fail when |ROME denominator| is below this (default 0: off)")
+      ->check(CLI::NonNegativeNumber);
+  check->add_option("--min-ratio", check_args.min_ratio,
+                    "fail when |ROME denominator| / |C-ROME denominator| is below this (default 0.5)")
+      ->check(CLI::NonNegativeNumber);
+  check->add_option("--json", check_args.json, "write every request's numbers and verdict here");
+
+  rc::cli::KeysArgs keys_args;
+  auto* keys = app.add_subcommand("keys", "dump keys to .npz and run the first-token (position vs context) experiment");
+  keys->add_option("--config", keys_args.config, "edit config JSON")->required();
+  keys->add_option("--requests", keys_args.requests, "request file (as for check)");
+  keys->add_option("--out", keys_args.out, ".npz with the unprefixed/prefixed keys and C^-1 kbar")->required();
+  keys->add_option("--json", keys_args.json, "analysis JSON (statistics, PCA projection for the figures)");
+  keys->add_option("--prefix-tokens", keys_args.prefix_tokens, "k values of the position experiment (default 1 2 4 8)")
+      ->check(CLI::PositiveNumber);
+
+  rc::cli::StatsArgs stats_args;
+  auto* stats = app.add_subcommand(
+      "stats", "second moment C of a layer's rewrite-module inputs over a corpus (ROME's .npz, resumable)");
+  stats->add_option("--model", stats_args.model.model, "Hugging Face directory or llama2.c checkpoint")->required();
+  stats->add_option("--tokenizer", stats_args.model.tokenizer,
+                    "tokenizer directory or file (default: the model's directory)");
+  stats->add_flag_function(
+      "--add-bos,!--no-bos", [&stats_args](int64_t count) { stats_args.model.add_bos = count > 0; },
+      "prepend BOS to every text (default: the tokenizer's convention)");
+  stats->add_option("--layer", stats_args.layer, "layer L whose MLP output projection's inputs are collected")
+      ->required()->check(CLI::NonNegativeNumber);
+  stats->add_option("--corpus", stats_args.corpus,
+                    "text files, one text per record (ME-PPL JSON, JSON list, JSONL \"text\", or plain lines)")
+      ->required()->expected(1, -1);
+  stats->add_option("--samples", stats_args.samples, "use the first N texts (default: all)")
+      ->check(CLI::PositiveNumber);
+  stats->add_option("--max-length", stats_args.max_length, "cut each text at this many tokens (default: model context)")
+      ->check(CLI::PositiveNumber);
+  stats->add_option("--batch-size", stats_args.batch_size, "texts per forward pass (default: 1 on cpu, 16 on cuda)")
+      ->check(CLI::Range(int64_t{1}, int64_t{4096}));
+  stats->add_option("--dtype", stats_args.dtype, "stored dtype of mom2.mom2 (default float32, as ROME publishes)")
+      ->check(CLI::IsMember({"float32", "float64"}));
+  stats->add_option("--checkpoint-every", stats_args.checkpoint_every,
+                    "write the resumable <out>.partial.npz every K texts (default 200)")
+      ->check(CLI::PositiveNumber);
+  stats->add_option("--device", stats_args.model.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  stats->add_option("--compute-dtype", stats_args.model.dtype, "dtype of the forward pass (default float32)")
+      ->check(CLI::IsMember({"float32", "float64", "bfloat16", "float16"}));
+  stats->add_option("--stop-after-texts", stats_args.stop_after_texts)->group("");  // tests: simulated interruption
+  stats->add_option("--out", stats_args.out, "output .npz (mom2.mom2, mom2.count, mom2.constructor, sample_size)")
+      ->required();
+
+  rc::cli::BatchArgs batch_args;
+  auto* batch = app.add_subcommand("batch", "the paper's tables over a dataset (resumable, shardable)");
+  batch->add_option("--config", batch_args.config, "batch config JSON: an edit config plus dataset, methods, cases")
+      ->required();
+  batch->add_option("--out", batch_args.out, "result directory (default: batch-<config name>); reruns resume it");
+  batch->add_option("--shard", batch_args.shard, "i/n: only the records whose dataset position % n == i");
+  batch->add_option("--max-edits", batch_args.max_edits, "stop after this many new edits (rerun to continue)")
+      ->check(CLI::NonNegativeNumber);
+  rc::cli::MergeArgs merge_args;
+  auto* merge = app.add_subcommand("merge", "join the result directories of batch shards and recompute the tables");
+  merge->add_option("dirs", merge_args.dirs, "batch result directories")->required();
+  merge->add_option("--out", merge_args.out, "merged result directory")->required();
+
+  rc::cli::BenchArgs bench_args;
+  auto* bench = app.add_subcommand("bench", "time edits: optimised path vs the paper's reference-equivalent path");
+  bench->add_option("--models", bench_args.models,
+                    "comma list of tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl");
+  bench->add_option("--shared", bench_args.shared, "the shared/ folder with the reference models");
+  bench->add_option("--steps", bench_args.steps, "optimisation iterations (default: each model's setting)")
+      ->check(CLI::NonNegativeNumber);
+  bench->add_option("--repeats", bench_args.repeats, "edits per path; the fastest is reported")
+      ->check(CLI::Range(int64_t{1}, int64_t{100}));
+  bench->add_option("--out", bench_args.out, "JSON report");
+
   // [register: new subcommands are added above this line, one block each]
 
   try {
@@ -66,6 +145,12 @@ int main(int argc, char** argv) {
     if (*generate) return rc::cli::run_generate(generate_args);
     if (*perplexity) return rc::cli::run_perplexity(perplexity_args);
     if (*edit) return rc::cli::run_edit_command(edit_args);
+    if (*check) return rc::cli::run_check_command(check_args);
+    if (*keys) return rc::cli::run_keys_command(keys_args);
+    if (*stats) return rc::cli::run_stats(stats_args);
+    if (*batch) return rc::cli::run_batch(batch_args);
+    if (*merge) return rc::cli::run_merge(merge_args);
+    if (*bench) return rc::cli::run_bench(bench_args);
     // [dispatch: one line per subcommand above this line]
   } catch (const rc::InputError& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -56,29 +56,41 @@ std::map<std::string, at::Tensor> CausalLM::hf_state_dict() const {
   return out;
 }
 
+PositionIndex make_position_index(const std::vector<TokenPosition>& pairs, c10::Device device) {
+  std::vector<int64_t> rows, positions;
+  rows.reserve(pairs.size());
+  positions.reserve(pairs.size());
+  for (const auto& p : pairs) {
+    rows.push_back(p.row);
+    positions.push_back(p.position);
+  }
+  return {at::tensor(rows, at::kLong).to(device), at::tensor(positions, at::kLong).to(device)};
+}
+
+at::Tensor make_position_mask(const std::vector<TokenPosition>& pairs, int64_t batch, int64_t length,
+                              at::ScalarType dtype, c10::Device device) {
+  at::Tensor mask = at::zeros({batch, length, 1}, at::TensorOptions().dtype(dtype));
+  auto accessor = mask.accessor<float, 3>();
+  for (const auto& p : pairs) accessor[p.row][p.position][0] = 1.0f;
+  return mask.to(device);
+}
+
 at::Tensor CausalLM::rewrite_with_intervention(int64_t layer, const at::Tensor& key, const Intervention& intervention,
                                                ForwardOutput& out) const {
   at::Tensor output = at::linear(key, rewrite_weight(layer), rewrite_bias(layer));  // [B, T, D]
   if (intervention.layer != layer) return output;
-  auto index_of = [&](const std::vector<TokenPosition>& pairs) {
-    std::vector<int64_t> rows, positions;
-    for (const auto& p : pairs) {
-      rows.push_back(p.row);
-      positions.push_back(p.position);
-    }
-    auto opts = at::TensorOptions().dtype(at::kLong);
-    return std::make_pair(at::tensor(rows, opts).to(key.device()), at::tensor(positions, opts).to(key.device()));
-  };
   if (!intervention.capture_at.empty()) {
-    auto [rows, positions] = index_of(intervention.capture_at);
-    out.captured_keys = key.index({rows, positions});         // [N, F]
-    out.captured_outputs = output.index({rows, positions});   // [N, D]
+    PositionIndex index = make_position_index(intervention.capture_at, key.device());
+    out.captured_keys = key.index({index.rows, index.positions});         // [N, F]
+    out.captured_outputs = output.index({index.rows, index.positions});   // [N, D]
   }
-  if (intervention.delta.defined() && !intervention.delta_at.empty()) {
+  if (intervention.delta.defined() && (!intervention.delta_at.empty() || intervention.delta_mask.defined())) {
     // A 0/1 mask times delta keeps the addition differentiable w.r.t. delta without in-place writes.
-    at::Tensor mask = at::zeros({output.size(0), output.size(1), 1}, output.options().requires_grad(false));
-    for (const auto& p : intervention.delta_at) mask[p.row][p.position][0] = 1.0;
-    output = output + mask * intervention.delta.to(output.scalar_type());
+    at::Tensor mask = intervention.delta_mask.defined()
+                          ? intervention.delta_mask
+                          : make_position_mask(intervention.delta_at, output.size(0), output.size(1), at::kFloat,
+                                               output.device());
+    output = output + mask.to(output.scalar_type()) * intervention.delta.to(output.scalar_type());
   }
   return output;
 }
@@ -106,14 +118,11 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
     if (layer == options.logits_after_layer) break;
   }
   if (!options.compute_logits) return out;
-  if (!options.logits_at.empty()) {
-    std::vector<int64_t> rows, cols;
-    for (const auto& p : options.logits_at) {
-      rows.push_back(p.row);
-      cols.push_back(p.position);
-    }
-    auto opts = at::TensorOptions().dtype(at::kLong).device(hidden.device());
-    hidden = hidden.index({at::tensor(rows, at::kLong).to(opts), at::tensor(cols, at::kLong).to(opts)});  // [N, D]
+  if (options.logits_index.defined()) {
+    hidden = hidden.index({options.logits_index.rows, options.logits_index.positions});  // [N, D]
+  } else if (!options.logits_at.empty()) {
+    PositionIndex index = make_position_index(options.logits_at, hidden.device());
+    hidden = hidden.index({index.rows, index.positions});  // [N, D]
   }
   out.logits = lm_head(final_norm(hidden));
   return out;

@@ -1,5 +1,6 @@
 #include "rome_collapse/rome/value.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/ATen.h>
@@ -81,12 +82,54 @@ struct AdamState {
   }
 };
 
+// One forward pass of the optimisation loop over a subset of the batch's rows. Everything that
+// does not change between iterations (ids, cached hidden states, index tensors) is built once.
+struct ForwardPass {
+  at::Tensor ids;                      // [n, T_pass]
+  ForwardOptions options;              // delta mask, logits positions, start layer ...
+  int64_t target_count = 0;            // target logits this pass yields (first rows of its logits)
+  bool has_kl_row = false;             // the KL position's logits follow the targets
+  PositionIndex hidden_targets;        // v_loss_layer < last layer: targets gathered from hidden states
+};
+
+// Rows sorted by length, split into at most three contiguous groups when that removes at least
+// 15% of the padded tokens (the cost of layers >= L is proportional to them). CPU only: on a GPU
+// one larger batch beats several small ones.
+std::vector<std::vector<int64_t>> length_buckets(const std::vector<int64_t>& lengths, bool allow_split) {
+  const int64_t n = static_cast<int64_t>(lengths.size());
+  std::vector<int64_t> order(n);
+  for (int64_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] < lengths[b]; });
+  auto cost = [&](int64_t from, int64_t to) { return (to - from) * lengths[order[to - 1]]; };  // rows [from, to)
+  const int64_t single = cost(0, n);
+  std::vector<int64_t> best_cuts;
+  int64_t best = single;
+  if (allow_split) {
+    for (int64_t a = 1; a < n; ++a) {
+      if (cost(0, a) + cost(a, n) < best) best = cost(0, a) + cost(a, n), best_cuts = {a};
+      for (int64_t b = a + 1; b < n; ++b)
+        if (cost(0, a) + cost(a, b) + cost(b, n) < best) best = cost(0, a) + cost(a, b) + cost(b, n), best_cuts = {a, b};
+    }
+    if (best > 0.85 * double(single)) best_cuts.clear();
+  }
+  std::vector<std::vector<int64_t>> buckets;
+  int64_t from = 0;
+  best_cuts.push_back(n);
+  for (int64_t cut : best_cuts) {
+    buckets.emplace_back(order.begin() + from, order.begin() + cut);
+    std::sort(buckets.back().begin(), buckets.back().end());
+    from = cut;
+  }
+  return buckets;
+}
+
 }  // namespace
 
 ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const LayerCapture& capture,
                                  const RomeHparams& hparams, ForwardPath path) {
   const int64_t layer = hparams.layer, rows = batch.rewriting_rows, n_targets = int64_t(batch.target_ids.size());
   const int64_t last_layer = model.config().n_layers - 1;
+  const bool loss_at_last_layer = hparams.v_loss_layer == last_layer;
   const auto device = model.device();
   ValueOptimization result;
   result.target_init = capture.outputs[0].detach().to(at::kFloat).clone();  // bare prompt, subject token
@@ -98,71 +141,111 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
   delta.requires_grad_(true);
   AdamState adam{hparams.v_lr};
 
-  // Target positions: logits at the last |t| real positions of each rewriting row predict the target.
-  std::vector<TokenPosition> target_positions;
-  std::vector<int64_t> target_labels;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < n_targets; ++j) {
-      target_positions.push_back({r, batch.lengths[r] - n_targets + j});
-      target_labels.push_back(batch.target_ids[j]);
-    }
-  const TokenPosition kl_position{rows, batch.lookup[rows]};
-  at::Tensor labels = at::tensor(target_labels, at::kLong).to(device);
-  at::Tensor kl_init;  // [V] log P_init at the KL position
-  std::vector<at::Tensor> history;  // per iteration [loss, nll, kl, wd], read back once at the end
-
-  ForwardOptions options;
-  options.intervention.layer = layer;
-  for (size_t row = 0; row < batch.lookup.size(); ++row)
-    options.intervention.delta_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
-  if (path == ForwardPath::Optimized) {
-    options.start_layer = layer;
-    options.initial_hidden = capture.hidden_entering;
-    if (hparams.v_loss_layer == last_layer) {
-      options.logits_at = target_positions;
-      options.logits_at.push_back(kl_position);
-    } else {
-      options.logits_at = {kl_position};
-      options.keep_hidden_entering = hparams.v_loss_layer + 1;
+  // Logits at the last |t| real positions of each rewriting row predict the target tokens; the
+  // KL term reads the KL prompt's subject position. Passes list targets in their own row order,
+  // so labels follow the same order (the NLL is a mean over rows, the order does not matter).
+  auto targets_of_row = [&](int64_t row, int64_t local_row) {
+    std::vector<TokenPosition> positions;
+    for (int64_t j = 0; j < n_targets; ++j) positions.push_back({local_row, batch.lengths[row] - n_targets + j});
+    return positions;
+  };
+  std::vector<ForwardPass> passes;
+  std::vector<int64_t> label_order;
+  if (path == ForwardPath::Reference) {
+    // The paper's code: the whole padded batch through every layer, full logits everywhere.
+    ForwardPass pass;
+    pass.ids = batch.ids;
+    pass.options.intervention.layer = layer;
+    for (size_t row = 0; row < batch.lookup.size(); ++row)
+      pass.options.intervention.delta_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
+    pass.options.intervention.delta_mask = make_position_mask(pass.options.intervention.delta_at, batch.ids.size(0),
+                                                              batch.ids.size(1), at::kFloat, device);
+    if (!loss_at_last_layer) pass.options.keep_hidden_entering = hparams.v_loss_layer + 1;
+    passes.push_back(std::move(pass));
+  } else {
+    std::vector<int64_t> all_rows(batch.lookup.size());
+    for (size_t i = 0; i < all_rows.size(); ++i) all_rows[i] = static_cast<int64_t>(i);
+    for (const auto& bucket : length_buckets(batch.lengths, device.is_cpu())) {
+      ForwardPass pass;
+      int64_t longest = 0;
+      for (int64_t row : bucket) longest = std::max(longest, batch.lengths[row]);
+      at::Tensor row_index = at::tensor(bucket, at::kLong).to(device);
+      pass.ids = batch.ids.index_select(0, row_index).slice(1, 0, longest);
+      auto& options = pass.options;
+      options.start_layer = layer;
+      options.initial_hidden = capture.hidden_entering.index_select(0, row_index).slice(1, 0, longest);
+      options.intervention.layer = layer;
+      std::vector<TokenPosition> target_positions;
+      int64_t kl_local_row = -1;
+      for (size_t local = 0; local < bucket.size(); ++local) {
+        const int64_t row = bucket[local];
+        options.intervention.delta_at.push_back({static_cast<int64_t>(local), batch.lookup[row]});
+        if (row == rows) {
+          kl_local_row = static_cast<int64_t>(local);
+          continue;
+        }
+        for (const auto& tp : targets_of_row(row, static_cast<int64_t>(local))) target_positions.push_back(tp);
+        for (int64_t j = 0; j < n_targets; ++j) label_order.push_back(j);
+      }
+      options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, pass.ids.size(0), longest,
+                                                            at::kFloat, device);
+      pass.target_count = static_cast<int64_t>(target_positions.size());
+      pass.has_kl_row = kl_local_row >= 0;
+      std::vector<TokenPosition> logits_positions = loss_at_last_layer ? target_positions : std::vector<TokenPosition>{};
+      if (pass.has_kl_row) logits_positions.push_back({kl_local_row, batch.lookup[rows]});
+      if (!loss_at_last_layer) {
+        options.keep_hidden_entering = hparams.v_loss_layer + 1;
+        pass.hidden_targets = make_position_index(target_positions, device);
+      }
+      if (logits_positions.empty())
+        options.compute_logits = false;
+      else
+        options.logits_index = make_position_index(logits_positions, device);
+      passes.push_back(std::move(pass));
     }
   }
+  std::vector<int64_t> target_labels;
+  if (path == ForwardPath::Reference) {
+    for (int64_t r = 0; r < rows; ++r) target_labels.insert(target_labels.end(), batch.target_ids.begin(), batch.target_ids.end());
+  } else {
+    for (int64_t j : label_order) target_labels.push_back(batch.target_ids[j]);
+  }
+  at::Tensor labels = at::tensor(target_labels, at::kLong).to(device);
+  std::vector<TokenPosition> reference_targets;
+  for (int64_t r = 0; r < rows; ++r)
+    for (const auto& tp : targets_of_row(r, r)) reference_targets.push_back(tp);
+  const PositionIndex reference_target_index = make_position_index(reference_targets, device);
+  const PositionIndex reference_kl_index = make_position_index({{rows, batch.lookup[rows]}}, device);
 
+  at::Tensor kl_init;               // [V] log P_init at the KL position
+  std::vector<at::Tensor> history;  // per iteration [loss, nll, kl, wd], read back once at the end
   for (int64_t it = 0; it < hparams.v_num_grad_steps; ++it) {
-    options.intervention.delta = delta;
-    ForwardOutput out = model.forward(batch.ids, options);
-    at::Tensor target_logits, kl_logits;  // [R*|t|, V], [V]
-    auto gather_rows = [&](const at::Tensor& full, const std::vector<TokenPosition>& at_positions) {
-      std::vector<int64_t> r, p;
-      for (const auto& tp : at_positions) {
-        r.push_back(tp.row);
-        p.push_back(tp.position);
+    std::vector<at::Tensor> target_logit_parts;  // [n_pass_targets, V] each
+    at::Tensor kl_logits;                        // [V]
+    for (auto& pass : passes) {
+      pass.options.intervention.delta = delta;
+      ForwardOutput out = model.forward(pass.ids, pass.options);
+      if (path == ForwardPath::Reference) {
+        at::Tensor full = loss_at_last_layer ? out.logits : model.logits_from_hidden(out.hidden_entering);
+        at::Tensor log_probs = at::log_softmax(full.to(at::kFloat), -1);  // [B, T, V], as the paper's code
+        target_logit_parts.push_back(log_probs.index({reference_target_index.rows, reference_target_index.positions}));
+        kl_logits = out.logits.index({reference_kl_index.rows, reference_kl_index.positions})[0];
+        continue;
       }
-      return full.index({at::tensor(r, at::kLong).to(device), at::tensor(p, at::kLong).to(device)});
-    };
-    if (path == ForwardPath::Reference) {
-      // The paper's code: full [B, T, V] log-softmax of the v_loss_layer output, then gather.
-      at::Tensor full_logits = hparams.v_loss_layer == last_layer ? out.logits : at::Tensor();
-      if (!full_logits.defined()) {
-        ForwardOptions again = options;
-        again.keep_hidden_entering = hparams.v_loss_layer + 1;
-        full_logits = model.logits_from_hidden(model.forward(batch.ids, again).hidden_entering);
+      if (loss_at_last_layer) {
+        target_logit_parts.push_back(out.logits.slice(0, 0, pass.target_count));
+      } else if (pass.target_count > 0) {
+        target_logit_parts.push_back(model.logits_from_hidden(
+            out.hidden_entering.index({pass.hidden_targets.rows, pass.hidden_targets.positions})));
       }
-      at::Tensor log_probs = at::log_softmax(full_logits.to(at::kFloat), -1);  // [B, T, V]
-      target_logits = gather_rows(log_probs, target_positions);
-      kl_logits = gather_rows(at::log_softmax(out.logits.to(at::kFloat), -1), {kl_position})[0];
-    } else if (hparams.v_loss_layer == last_layer) {
-      target_logits = out.logits.slice(0, 0, rows * n_targets);
-      kl_logits = out.logits[rows * n_targets];
-    } else {
-      target_logits = model.logits_from_hidden(gather_rows(out.hidden_entering, target_positions));
-      kl_logits = out.logits[0];
+      if (pass.has_kl_row) kl_logits = out.logits[out.logits.size(0) - 1];
     }
-    at::Tensor target_log_probs = at::log_softmax(target_logits.to(at::kFloat), -1);
+    at::Tensor target_log_probs = at::log_softmax(at::cat(target_logit_parts, 0).to(at::kFloat), -1);  // [R*|t|, V]
     at::Tensor kl_log_probs = at::log_softmax(kl_logits.to(at::kFloat), -1);
     if (!kl_init.defined()) kl_init = kl_log_probs.detach().clone();
 
     at::Tensor token_log_probs = target_log_probs.gather(-1, labels.unsqueeze(-1)).squeeze(-1);  // [R*|t|]
-    at::Tensor nll = -(token_log_probs.view({rows, n_targets}).sum(1) / double(n_targets)).mean();
+    at::Tensor nll = -token_log_probs.sum() / double(n_targets * rows);  // mean over rows of per-row mean
     at::Tensor kl = hparams.kl_factor * (kl_log_probs.exp() * (kl_log_probs - kl_init)).sum();
     at::Tensor weight_decay = hparams.v_weight_decay * (delta.norm() / target_init_norm.pow(2));
     at::Tensor loss = nll + kl + weight_decay;

@@ -32,12 +32,24 @@ struct TokenPosition {
   int64_t position = 0;
 };
 
+// (row, position) pairs as two int64 index tensors on the model's device, built once so that a
+// loop of forward passes does no host-to-device work per step.
+struct PositionIndex {
+  at::Tensor rows, positions;  // [N], [N]
+  bool defined() const { return rows.defined(); }
+};
+PositionIndex make_position_index(const std::vector<TokenPosition>& pairs, c10::Device device);
+
 struct Intervention {
   int64_t layer = -1;                    // layer whose MLP is touched; -1: none
   std::vector<TokenPosition> capture_at;  // capture the rewrite module's input and output here
   at::Tensor delta;                       // [D]; added to the MLP output at delta_at (may require grad)
   std::vector<TokenPosition> delta_at;
+  at::Tensor delta_mask;                  // optional [B, T, 1] 0/1 mask of delta_at, precomputed
 };
+// The [B, T, 1] mask of the pairs, for Intervention::delta_mask.
+at::Tensor make_position_mask(const std::vector<TokenPosition>& pairs, int64_t batch, int64_t length,
+                              at::ScalarType dtype, c10::Device device);
 
 struct ForwardOptions {
   Intervention intervention;
@@ -47,6 +59,7 @@ struct ForwardOptions {
   int64_t keep_hidden_entering = -1;      // >= 0: return the residual stream entering this layer
   int64_t position_offset = 0;            // position ids start here instead of 0
   std::vector<TokenPosition> logits_at;   // non-empty: logits only at these pairs ([N, V])
+  PositionIndex logits_index;             // the same, precomputed (takes precedence)
   int64_t logits_after_layer = -1;        // >= 0: logits from this layer's output (ROME's v_loss_layer)
   bool compute_logits = true;
 };

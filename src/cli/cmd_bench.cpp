@@ -1,0 +1,176 @@
+// `rome-collapse bench`: per-edit time by phase and peak memory, the optimised path against the
+// reference-equivalent path (every layer recomputed each step, full logits everywhere, one padded
+// batch) side by side in one run, with the difference of their v*.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/rome/builtin_model.h"
+#include "rome_collapse/rome/edit.h"
+#include "rome_collapse/util/error.h"
+#include "rome_collapse/util/files.h"
+
+namespace rc::cli {
+namespace {
+
+// The 21 templates of the reference runs: "{}" and 20 fixed "<text>. {}" prefixes.
+const std::vector<std::string> kTemplates = {
+    "{}", "The company. {}", "Therefore, it. {}", "Because of this. {}", "I think. {}", "You can. {}",
+    "The first time. {}", "Therefore we. {}", "Because the. {}", "I was. {}", "You know. {}",
+    "The new building is located in the heart of. {}", "Therefore, the government has decided to. {}",
+    "Because of the weather, the game was postponed until. {}", "I have been working on this for a. {}",
+    "You may also like the following articles about. {}", "The results of the study were published in. {}",
+    "Therefore, he is considered one of the best. {}", "Because it is so cheap, many people. {}",
+    "I would like to thank everyone who helped. {}", "You will find the answer at the end of. {}"};
+
+// Peak resident memory: /proc/self/clear_refs "5" resets the high-water mark, VmHWM reads it.
+void reset_peak_memory() {
+  std::ofstream clear("/proc/self/clear_refs");
+  if (clear) clear << "5";
+}
+double peak_memory_mib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+struct BenchModel {
+  std::string name;
+  LoadedModel loaded;
+  EditConfig config;
+  std::string perplexity_texts;  // empty: no perplexity timing
+};
+
+BenchModel make_model(const std::string& name, const std::filesystem::path& shared, int64_t steps_override) {
+  BenchModel bench;
+  bench.name = name;
+  auto& hp = bench.config.hparams;
+  EditRequest request{"{} is a citizen of", "Leonardo", "Japan", "Italy"};
+  auto need_shared = [&](const std::string& relative) {
+    auto path = shared / relative;
+    if (!std::filesystem::exists(path))
+      throw InputError(path.string() + ": not found (bench model \"" + name + "\" needs ../shared; pass --shared DIR)");
+    return path.string();
+  };
+  if (name == "tiny-gpt2" || name == "tiny-llama" || name == "tiny-gptj") {
+    bench.loaded = load_model(need_shared("reference/" + name), need_shared("tokenizers/gpt2"), false, "cpu", "float32");
+    hp.layer = 1, hp.v_loss_layer = 3, hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
+    bench.perplexity_texts = need_shared("data/me-ppl/ME-PPL_50.json");
+  } else if (name == "stories260K") {
+    bench.loaded = load_model(need_shared("models/stories260K/stories260K.bin"),
+                              need_shared("models/stories260K/tok512.model"), std::nullopt, "cpu", "float32");
+    hp.layer = 2, hp.v_loss_layer = 4, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
+    request = {"{} loved to play with her", "Lily", "dog", "toys"};
+  } else if (name == "gpt2-small" || name == "gpt2-xl") {
+    // Seeded random weights in the real shapes; the embedded byte-level tokenizer drives them
+    // (ids < 1000), the vocabulary keeps GPT-2's 50257 so the LM head costs what it really costs.
+    bench.loaded.tokenizer = builtin_demo_tokenizer();
+    bench.loaded.model = build_causal_lm(random_checkpoint(gpt2_shape(name, 50257), 0));
+    bench.loaded.model_path = "random:" + name;
+    bench.loaded.tokenizer_path = "builtin:demo-gpt2";
+    configure_threads(&bench.loaded.model->config());
+    const bool xl = name == "gpt2-xl";
+    hp.layer = xl ? 17 : 5, hp.v_loss_layer = xl ? 47 : 11, hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
+  } else {
+    throw InputError("bench: unknown model \"" + name +
+                     "\" (tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl)");
+  }
+  hp.early_stop_loss = -1;  // every edit runs all its steps, so the two paths do equal work
+  if (steps_override > 0) hp.v_num_grad_steps = steps_override;
+  bench.config.request = request;
+  bench.config.templates.fixed = kTemplates;
+  bench.config.record_timings = true;
+  bench.config.source = "bench:" + name;
+  return bench;
+}
+
+}  // namespace
+
+int run_bench(const BenchArgs& args) {
+  configure_threads();
+  std::vector<std::string> names;
+  std::stringstream list(args.models);
+  for (std::string name; std::getline(list, name, ',');)
+    if (!name.empty()) names.push_back(name);
+  nlohmann::json report = nlohmann::json::array();
+  std::printf("%-12s %-10s %9s %9s %9s %9s %10s %8s %12s\n", "model", "path", "keys s", "v* s", "edit s", "s/step",
+              "peak MiB", "ratio", "max|dv*|rel");
+  for (const auto& name : names) {
+    reset_peak_memory();
+    auto load_start = std::chrono::steady_clock::now();
+    BenchModel bench = make_model(name, args.shared, args.steps);
+    const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+    const double load_peak = peak_memory_mib();
+    EditContext context;
+    context.templates = kTemplates;
+    nlohmann::json entry = {{"model", name}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
+                            {"threads", at::get_num_threads()}, {"layer", bench.config.hparams.layer},
+                            {"steps", bench.config.hparams.v_num_grad_steps}};
+    std::map<std::string, nlohmann::json> per_path;
+    at::Tensor v_star[2];
+    double edit_seconds[2] = {0, 0};
+    for (int p = 0; p < 2; ++p) {
+      const ForwardPath path = p == 0 ? ForwardPath::Reference : ForwardPath::Optimized;
+      const std::string path_name = p == 0 ? "reference" : "optimized";
+      EditOptions options;
+      options.path = path;
+      options.evaluate = false;
+      double best = 1e300;
+      nlohmann::json best_timings;
+      double peak = 0;
+      for (int64_t repeat = 0; repeat < args.repeats; ++repeat) {
+        reset_peak_memory();
+        auto start = std::chrono::steady_clock::now();
+        EditOutcome outcome = run_edit(bench.loaded, bench.config, bench.config.request, EditMethod::CRome, context, options);
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        peak = std::max(peak, peak_memory_mib());
+        if (seconds < best) best = seconds, best_timings = outcome.result["timings_s"];
+        v_star[p] = outcome.value.v_star;
+        entry["iterations"] = outcome.value.iterations;
+      }
+      edit_seconds[p] = best;
+      per_path[path_name] = {{"edit_s", best}, {"timings_s", best_timings}, {"peak_mib", peak},
+                             {"s_per_step", best_timings["value_optimisation"].get<double>() /
+                                                double(entry["iterations"].get<int64_t>())}};
+    }
+    const double ratio = edit_seconds[0] / edit_seconds[1];
+    const double v_diff = ((v_star[0] - v_star[1]).abs().max() / v_star[0].abs().max()).item<double>();
+    entry["reference"] = per_path["reference"];
+    entry["optimized"] = per_path["optimized"];
+    entry["speedup"] = ratio;
+    entry["v_star_max_rel_diff"] = v_diff;
+    if (!bench.perplexity_texts.empty()) {
+      auto ids = perplexity_token_ids(*bench.loaded.tokenizer, read_texts(bench.perplexity_texts),
+                                      bench.loaded.model->config().max_positions);
+      auto start = std::chrono::steady_clock::now();
+      perplexity(*bench.loaded.model, ids, 10);
+      entry["perplexity_me_ppl_50_s"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    for (const char* path_name : {"reference", "optimized"}) {
+      const auto& r = per_path[path_name];
+      std::printf("%-12s %-10s %9.3f %9.3f %9.3f %9.4f %10.0f %8s %12.2e\n", name.c_str(), path_name,
+                  r["timings_s"]["keys"].get<double>(), r["timings_s"]["value_optimisation"].get<double>(),
+                  r["edit_s"].get<double>(), r["s_per_step"].get<double>(), r["peak_mib"].get<double>(),
+                  std::string(path_name) == "optimized" ? (std::to_string(ratio).substr(0, 4) + "x").c_str() : "",
+                  std::string(path_name) == "optimized" ? v_diff : 0.0);
+    }
+    std::fflush(stdout);
+    report.push_back(entry);
+  }
+  if (!args.out.empty()) write_file_atomic(args.out, json_text(report) + "\n");
+  return kOk;
+}
+
+}  // namespace rc::cli
