@@ -132,6 +132,33 @@ TEST(InterventionTest, StartLayerFromCachedHiddenEqualsFullForward) {
   }
 }
 
+TEST(KVCacheTest, CachedPrefixGivesTheSameLogitsAndKeys) {
+  ROME_REQUIRE_SHARED();
+  for (const std::string arch : {"gpt2", "llama", "gptj"}) {
+    auto model = load_causal_lm(test::reference_model_dir(arch));
+    std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
+    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0);
+    at::NoGradGuard no_grad;
+    ForwardOptions full_options;
+    full_options.intervention.layer = 2;
+    full_options.intervention.capture_at = {{0, 6}};
+    ForwardOutput full = model->forward(batch, full_options);
+    // The first 4 tokens into the cache, the rest against it.
+    KVCache cache;
+    ForwardOptions prefix;
+    prefix.record = &cache;
+    model->forward(batch.slice(1, 0, 4), prefix);
+    ForwardOptions rest;
+    rest.past = &cache;
+    rest.intervention.layer = 2;
+    rest.intervention.capture_at = {{0, 2}};
+    ForwardOutput continued = model->forward(batch.slice(1, 4), rest);
+    EXPECT_TRUE(test::all_close_abs(continued.logits[0], full.logits[0].slice(0, 4), 1e-5, arch + " cached logits"));
+    EXPECT_TRUE(test::all_close_abs(continued.captured_keys, full.captured_keys, 1e-5, arch + " cached key"));
+    EXPECT_EQ(cache.length(0), 4);
+  }
+}
+
 TEST(InterventionTest, PromptLongerThanContextIsRefused) {
   ROME_REQUIRE_SHARED();
   auto model = load_causal_lm(test::reference_model_dir("gpt2"));

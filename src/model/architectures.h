@@ -22,15 +22,28 @@ inline at::Tensor gelu_new(const at::Tensor& x) {
 // float32 and float64 keep their own precision.
 inline at::ScalarType at_least_float(at::ScalarType type) { return at::promote_types(type, at::kFloat); }
 
-// Scaled dot-product attention with a causal mask. q: [B, H, T, hd], k/v: [B, H, T, hd].
+// Scaled dot-product attention with a causal mask. q: [B, H, T, hd], k/v: [B, H, P + T, hd] where
+// the first P positions come from a cache (query i sits at position P + i).
 // Softmax in float32 as transformers does; the result has q's dtype.
 inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
-  const int64_t seq_len = q.size(2);
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, T]
-  at::Tensor future = at::ones({seq_len, seq_len}, q.options().dtype(at::kBool)).triu(1);
+  const int64_t seq_len = q.size(2), past = k.size(2) - q.size(2);
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, P + T]
+  at::Tensor future = at::ones({seq_len, past + seq_len}, q.options().dtype(at::kBool)).triu(past + 1);
   scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores.to(at_least_float(scores.scalar_type())), -1).to(q.scalar_type());
   return at::matmul(probs, v);  // [B, H, T, hd]
+}
+
+// Prepends the cached keys/values and records the result when asked. k, v: [B, H_kv, T, hd].
+inline void attach_cache(at::Tensor& k, at::Tensor& v, LayerKV& kv) {
+  if (kv.past_keys.defined()) {
+    k = at::cat({kv.past_keys.to(k.scalar_type()), k}, 2);
+    v = at::cat({kv.past_values.to(v.scalar_type()), v}, 2);
+  }
+  if (kv.record) {
+    kv.keys = k;
+    kv.values = v;
+  }
 }
 
 // [B, T, H*hd] -> [B, H, T, hd]

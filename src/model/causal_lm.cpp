@@ -98,12 +98,17 @@ at::Tensor CausalLM::rewrite_with_intervention(int64_t layer, const at::Tensor& 
 ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& options) const {
   ForwardOutput out;
   const int64_t seq_len = ids.size(1);
-  if (options.position_offset + seq_len > config_.max_positions)
+  const int64_t past_length = options.past ? options.past->length(options.start_layer) : 0;
+  if (options.position_offset + past_length + seq_len > config_.max_positions)
     throw InputError(source_ + ": sequence of " + std::to_string(seq_len) + " tokens (position offset " +
                      std::to_string(options.position_offset) + ") exceeds the model's context of " +
                      std::to_string(config_.max_positions) + " positions");
-  at::Tensor positions =
-      at::arange(options.position_offset, options.position_offset + seq_len, ids.options().dtype(at::kLong));
+  const int64_t first_position = options.position_offset + past_length;
+  at::Tensor positions = at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
+  if (options.record) {
+    options.record->keys.resize(config_.n_layers);
+    options.record->values.resize(config_.n_layers);
+  }
   at::Tensor hidden;  // [B, T, D]
   if (options.start_layer > 0) {
     TORCH_CHECK(options.initial_hidden.defined(), "start_layer > 0 needs initial_hidden");
@@ -113,7 +118,19 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
   }
   for (int64_t layer = options.start_layer; layer < config_.n_layers; ++layer) {
     if (layer == options.keep_hidden_entering) out.hidden_entering = hidden;
-    hidden = block(layer, hidden, positions, options.intervention, out);
+    LayerKV kv;
+    if (options.past) {
+      if (options.past->length(layer) != past_length)
+        throw std::invalid_argument("forward: the KV cache does not cover layer " + std::to_string(layer));
+      kv.past_keys = options.past->keys[layer];
+      kv.past_values = options.past->values[layer];
+    }
+    kv.record = options.record != nullptr;
+    hidden = block(layer, hidden, positions, options.intervention, out, kv);
+    if (options.record) {
+      options.record->keys[layer] = kv.keys;
+      options.record->values[layer] = kv.values;
+    }
     if (layer == options.stop_after_layer) return out;
     if (layer == options.logits_after_layer) break;
   }

@@ -28,14 +28,16 @@ class Gpt2 final : public CausalLM {
   }
 
   at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions, const Intervention& intervention,
-                   ForwardOutput& out) const override {
+                   ForwardOutput& out, LayerKV& kv) const override {
     const std::string p = prefix(layer);
     const int64_t heads = config_.n_heads, head_dim = config_.head_dim, d = config_.d_model;
     at::Tensor h = layer_norm(x, p + "ln_1");
     at::Tensor qkv = at::linear(h, weight(p + "attn.c_attn.weight"), weight(p + "attn.c_attn.bias"));  // [B,T,3D]
     auto parts = qkv.split(d, -1);
-    at::Tensor attended = causal_attention(split_heads(parts[0], heads, head_dim), split_heads(parts[1], heads, head_dim),
-                                           split_heads(parts[2], heads, head_dim), 1.0 / std::sqrt(double(head_dim)));
+    at::Tensor k = split_heads(parts[1], heads, head_dim), v = split_heads(parts[2], heads, head_dim);
+    attach_cache(k, v, kv);
+    at::Tensor attended =
+        causal_attention(split_heads(parts[0], heads, head_dim), k, v, 1.0 / std::sqrt(double(head_dim)));
     at::Tensor residual =
         x + at::linear(merge_heads(attended), weight(p + "attn.c_proj.weight"), weight(p + "attn.c_proj.bias"));
     at::Tensor key = gelu_new(at::linear(layer_norm(residual, p + "ln_2"), weight(p + "mlp.c_fc.weight"),

@@ -19,7 +19,7 @@ class GptJ final : public CausalLM {
   }
 
   at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions, const Intervention& intervention,
-                   ForwardOutput& out) const override {
+                   ForwardOutput& out, LayerKV& kv) const override {
     const std::string p = prefix(layer);
     const int64_t heads = config_.n_heads, head_dim = config_.head_dim;
     at::Tensor h = at::layer_norm(x, {config_.d_model}, weight(p + "ln_1.weight"), weight(p + "ln_1.bias"),
@@ -31,6 +31,7 @@ class GptJ final : public CausalLM {
     at::Tensor v = split_heads(at::linear(h, weight(p + "attn.v_proj.weight")), heads, head_dim);
     q = rotate(q, positions).transpose(1, 2);
     k = rotate(k, positions).transpose(1, 2);
+    attach_cache(k, v, kv);
     // GPT-J computes attention in float32 and divides by sqrt(head_dim).
     const at::ScalarType attention_type = at_least_float(x.scalar_type());
     at::Tensor attended = causal_attention(q.to(attention_type), k.to(attention_type), v.to(attention_type),

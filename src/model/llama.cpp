@@ -19,7 +19,7 @@ class Llama final : public CausalLM {
   }
 
   at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions, const Intervention& intervention,
-                   ForwardOutput& out) const override {
+                   ForwardOutput& out, LayerKV& kv) const override {
     const std::string p = prefix(layer);
     const int64_t heads = config_.n_heads, kv_heads = config_.n_kv_heads, head_dim = config_.head_dim;
     at::Tensor h = rms_norm(x, p + "input_layernorm.weight");
@@ -29,6 +29,7 @@ class Llama final : public CausalLM {
     auto [cos, sin] = rotary_tables(positions, x);  // [1, 1, T, hd]
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
+    attach_cache(k, v, kv);
     if (kv_heads != heads) {  // each kv head serves heads / kv_heads consecutive query heads
       k = k.repeat_interleave(heads / kv_heads, 1);
       v = v.repeat_interleave(heads / kv_heads, 1);

@@ -183,7 +183,8 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   if (batch.ids.size(1) > model.config().max_positions)
     throw InputError(config.source + ": request: a rewriting prompt has " + std::to_string(batch.ids.size(1)) +
                      " tokens, more than the model's context of " + std::to_string(model.config().max_positions));
-  LayerCapture capture = capture_rewrite_layer(model, batch, hp.layer);
+  LayerCapture capture =
+      capture_rewrite_layer(model, batch, hp.layer, /*record_cache=*/options.path == ForwardPath::Optimized);
   const int64_t templates_n = batch.rewriting_rows;
   outcome.keys = batch.keys_match_template_encoding
                      ? key_set_from_rows(capture.keys.slice(0, 0, templates_n), capture.outputs.slice(0, 0, templates_n))

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -48,16 +49,27 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
   return batch;
 }
 
-LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer) {
+LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer, bool record_cache) {
   at::NoGradGuard no_grad;
   ForwardOptions options;
   options.intervention.layer = layer;
   for (size_t row = 0; row < batch.lookup.size(); ++row)
     options.intervention.capture_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
   options.keep_hidden_entering = layer;
-  options.stop_after_layer = layer;
+  LayerCapture capture;
+  if (record_cache) {
+    options.record = &capture.cache;
+    options.compute_logits = false;
+  } else {
+    options.stop_after_layer = layer;
+  }
   ForwardOutput out = model.forward(batch.ids, options);
-  return {out.captured_keys, out.captured_outputs, out.hidden_entering};
+  for (int64_t l = 0; l < layer && l < static_cast<int64_t>(capture.cache.keys.size()); ++l)
+    capture.cache.keys[l] = capture.cache.values[l] = at::Tensor();  // never read: layers below L are not rerun
+  capture.keys = out.captured_keys;
+  capture.outputs = out.captured_outputs;
+  capture.hidden_entering = out.hidden_entering;
+  return capture;
 }
 
 namespace {
@@ -90,17 +102,24 @@ struct ForwardPass {
   int64_t target_count = 0;            // target logits this pass yields (first rows of its logits)
   bool has_kl_row = false;             // the KL position's logits follow the targets
   PositionIndex hidden_targets;        // v_loss_layer < last layer: targets gathered from hidden states
+  std::shared_ptr<KVCache> past;       // the rows' cached positions before the recomputed span
 };
 
-// Rows sorted by length, split into at most three contiguous groups when that removes at least
-// 15% of the padded tokens (the cost of layers >= L is proportional to them). CPU only: on a GPU
-// one larger batch beats several small ones.
-std::vector<std::vector<int64_t>> length_buckets(const std::vector<int64_t>& lengths, bool allow_split) {
+// Each pass recomputes, for its rows, the positions from the earliest subject index to the longest
+// row (earlier positions come from the KV cache). Rows sorted by subject index are split into at
+// most three contiguous groups when that removes at least 15% of the recomputed tokens (the cost
+// of layers >= L is proportional to them). CPU only: on a GPU one larger batch beats several.
+std::vector<std::vector<int64_t>> recompute_buckets(const std::vector<int64_t>& starts,
+                                                    const std::vector<int64_t>& lengths, bool allow_split) {
   const int64_t n = static_cast<int64_t>(lengths.size());
   std::vector<int64_t> order(n);
   for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] < lengths[b]; });
-  auto cost = [&](int64_t from, int64_t to) { return (to - from) * lengths[order[to - 1]]; };  // rows [from, to)
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return starts[a] < starts[b]; });
+  auto cost = [&](int64_t from, int64_t to) {  // recomputed tokens of rows [from, to) in sorted order
+    int64_t longest = 0;
+    for (int64_t i = from; i < to; ++i) longest = std::max(longest, lengths[order[i]]);
+    return (to - from) * (longest - starts[order[from]]);
+  };
   const int64_t single = cost(0, n);
   std::vector<int64_t> best_cuts;
   int64_t best = single;
@@ -165,34 +184,48 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
   } else {
     std::vector<int64_t> all_rows(batch.lookup.size());
     for (size_t i = 0; i < all_rows.size(); ++i) all_rows[i] = static_cast<int64_t>(i);
-    for (const auto& bucket : length_buckets(batch.lengths, device.is_cpu())) {
+    for (const auto& bucket : recompute_buckets(batch.lookup, batch.lengths, device.is_cpu())) {
       ForwardPass pass;
-      int64_t longest = 0;
-      for (int64_t row : bucket) longest = std::max(longest, batch.lengths[row]);
+      int64_t longest = 0, first = batch.lengths[bucket[0]];  // recompute positions [first, longest)
+      for (int64_t row : bucket) {
+        longest = std::max(longest, batch.lengths[row]);
+        first = std::min(first, batch.lookup[row]);
+      }
       at::Tensor row_index = at::tensor(bucket, at::kLong).to(device);
-      pass.ids = batch.ids.index_select(0, row_index).slice(1, 0, longest);
+      pass.ids = batch.ids.index_select(0, row_index).slice(1, first, longest);
       auto& options = pass.options;
       options.start_layer = layer;
-      options.initial_hidden = capture.hidden_entering.index_select(0, row_index).slice(1, 0, longest);
+      options.initial_hidden = capture.hidden_entering.index_select(0, row_index).slice(1, first, longest);
+      pass.past = std::make_shared<KVCache>();
+      pass.past->keys.resize(capture.cache.keys.size());
+      pass.past->values.resize(capture.cache.values.size());
+      for (size_t l = static_cast<size_t>(layer); l < capture.cache.keys.size(); ++l) {
+        pass.past->keys[l] = capture.cache.keys[l].index_select(0, row_index).slice(2, 0, first);
+        pass.past->values[l] = capture.cache.values[l].index_select(0, row_index).slice(2, 0, first);
+      }
+      options.past = pass.past.get();
       options.intervention.layer = layer;
       std::vector<TokenPosition> target_positions;
       int64_t kl_local_row = -1;
       for (size_t local = 0; local < bucket.size(); ++local) {
         const int64_t row = bucket[local];
-        options.intervention.delta_at.push_back({static_cast<int64_t>(local), batch.lookup[row]});
+        options.intervention.delta_at.push_back({static_cast<int64_t>(local), batch.lookup[row] - first});
         if (row == rows) {
           kl_local_row = static_cast<int64_t>(local);
           continue;
         }
-        for (const auto& tp : targets_of_row(row, static_cast<int64_t>(local))) target_positions.push_back(tp);
+        for (auto tp : targets_of_row(row, static_cast<int64_t>(local))) {
+          tp.position -= first;
+          target_positions.push_back(tp);
+        }
         for (int64_t j = 0; j < n_targets; ++j) label_order.push_back(j);
       }
-      options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, pass.ids.size(0), longest,
-                                                            at::kFloat, device);
+      options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, pass.ids.size(0),
+                                                            pass.ids.size(1), at::kFloat, device);
       pass.target_count = static_cast<int64_t>(target_positions.size());
       pass.has_kl_row = kl_local_row >= 0;
       std::vector<TokenPosition> logits_positions = loss_at_last_layer ? target_positions : std::vector<TokenPosition>{};
-      if (pass.has_kl_row) logits_positions.push_back({kl_local_row, batch.lookup[rows]});
+      if (pass.has_kl_row) logits_positions.push_back({kl_local_row, batch.lookup[rows] - first});
       if (!loss_at_last_layer) {
         options.keep_hidden_entering = hparams.v_loss_layer + 1;
         pass.hidden_targets = make_position_index(target_positions, device);

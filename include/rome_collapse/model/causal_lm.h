@@ -51,6 +51,23 @@ struct Intervention {
 at::Tensor make_position_mask(const std::vector<TokenPosition>& pairs, int64_t batch, int64_t length,
                               at::ScalarType dtype, c10::Device device);
 
+// Keys and values of already-processed positions, per layer (rotary embeddings applied, before
+// grouped-query expansion): [B, H_kv, T_cached, head_dim]. Generation appends to it token by
+// token; ROME's optimisation keeps the positions before the subject, which δ cannot change.
+struct KVCache {
+  std::vector<at::Tensor> keys, values;  // index = layer; undefined for layers not cached
+  int64_t length(int64_t layer) const {
+    return layer < static_cast<int64_t>(keys.size()) && keys[layer].defined() ? keys[layer].size(2) : 0;
+  }
+};
+
+// What one block exchanges with the cache.
+struct LayerKV {
+  at::Tensor past_keys, past_values;  // [B, H_kv, P, hd] or undefined
+  bool record = false;                // fill keys/values with past + new
+  at::Tensor keys, values;            // out
+};
+
 struct ForwardOptions {
   Intervention intervention;
   int64_t stop_after_layer = -1;          // >= 0: return after this layer (no logits)
@@ -62,6 +79,8 @@ struct ForwardOptions {
   PositionIndex logits_index;             // the same, precomputed (takes precedence)
   int64_t logits_after_layer = -1;        // >= 0: logits from this layer's output (ROME's v_loss_layer)
   bool compute_logits = true;
+  const KVCache* past = nullptr;          // ids continue after these cached positions
+  KVCache* record = nullptr;              // receives every computed layer's keys/values (past + new)
 };
 
 struct ForwardOutput {
@@ -109,7 +128,7 @@ class CausalLM {
   virtual at::Tensor embed(const at::Tensor& ids, const at::Tensor& positions) const = 0;
   // One transformer block; calls mlp_with_intervention for the MLP part.
   virtual at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions,
-                           const Intervention& intervention, ForwardOutput& out) const = 0;
+                           const Intervention& intervention, ForwardOutput& out, LayerKV& kv) const = 0;
   virtual at::Tensor final_norm(const at::Tensor& x) const = 0;
   virtual at::Tensor lm_head(const at::Tensor& x) const = 0;
 

@@ -35,14 +35,18 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
                              const std::vector<std::string>& templates, const std::string& kl_prompt, int64_t pad_id,
                              c10::Device device);
 
-// What one forward pass up to layer L gives: keys and outputs at the lookup positions of every
-// row, and the residual stream entering L (the optimisation never recomputes layers below L).
+// What one forward pass of the unedited model gives: keys and outputs at the lookup positions of
+// every row, the residual stream entering L (the optimisation never recomputes layers below L) and,
+// with record_cache, the keys/values of layers >= L (the optimisation never recomputes positions
+// before the subject either: δ cannot reach them through causal attention).
 struct LayerCapture {
   at::Tensor keys;             // [R + 1, F]
   at::Tensor outputs;          // [R + 1, D]
   at::Tensor hidden_entering;  // [R + 1, T, D]
+  KVCache cache;               // layers >= L: [R + 1, H_kv, T, hd]; empty without record_cache
 };
-LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer);
+LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer,
+                                   bool record_cache = false);
 
 enum class ForwardPath {
   Optimized,  // layers >= L only, logits at the target and KL positions only
