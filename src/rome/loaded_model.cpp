@@ -2,7 +2,7 @@
 
 #include <filesystem>
 
-#include <ATen/Context.h>
+#include <ATen/ATen.h>
 
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/util/error.h"
@@ -21,6 +21,18 @@ c10::Device parse_device(const std::string& device) {
     return c10::Device(c10::kCUDA, 0);
   }
   throw InputError("device \"" + device + "\": expected \"cpu\" or \"cuda\"");
+}
+
+// Whether this libtorch can multiply matrices of `dtype` on `device` (libtorch 1.13 has no
+// float16 matmul on the CPU); checked once with a 2x2 product.
+void check_dtype_supported(at::ScalarType dtype, c10::Device device, const std::string& name) {
+  try {
+    at::Tensor probe = at::ones({2, 2}, at::TensorOptions().dtype(dtype).device(device));
+    (void)at::matmul(probe, probe);
+  } catch (const std::exception&) {
+    throw InputError("dtype \"" + name + "\" is not supported on " + device.str() +
+                     " by this libtorch build (use float32 or bfloat16 on the CPU)");
+  }
 }
 
 at::ScalarType parse_dtype(const std::string& dtype) {
@@ -45,6 +57,7 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
   LoadOptions options;
   options.device = parse_device(device);
   options.dtype = parse_dtype(dtype);
+  check_dtype_supported(options.dtype, options.device, dtype);
   loaded.model = load_causal_lm(model_path, options);
   std::filesystem::path tokenizer_location = tokenizer_path;
   if (tokenizer_location.empty()) {

@@ -26,5 +26,7 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
 
 c10::Device parse_device(const std::string& device);
 at::ScalarType parse_dtype(const std::string& dtype);
+// InputError when this libtorch cannot run matrix products of `dtype` on `device`.
+void check_dtype_supported(at::ScalarType dtype, c10::Device device, const std::string& name);
 
 }  // namespace rc

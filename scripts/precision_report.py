@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Deviation of bfloat16 / float16 weights from float32 on the golden cases.
+
+Runs `rome-collapse edit` on the 24 cases of ../shared/reference/golden_reference.json once per dtype
+(δ, v*, u and the update stay float32; only the model's weights and activations change dtype) and prints
+the relative deviation of the denominator, ‖ΔW‖ and the perplexity after the edit from the golden
+(float32) values. Usage: python3 scripts/precision_report.py [--shared ../shared] [--binary build/rome-collapse]
+"""
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+parser.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "rome-collapse"))
+parser.add_argument("--dtypes", default="float32,bfloat16,float16")
+args = parser.parse_args()
+
+golden = json.load(open(os.path.join(args.shared, "reference", "golden_reference.json")))
+rows = []
+with tempfile.TemporaryDirectory() as scratch:
+    for dtype in args.dtypes.split(","):
+        for arch in ("gpt2", "llama", "gptj"):
+            for index, case in enumerate(golden[arch]["cases"]):
+                config = {
+                    "model": os.path.join(args.shared, "reference", "tiny-" + arch),
+                    "tokenizer": os.path.join(args.shared, "tokenizers", "gpt2"),
+                    "add_bos": False, "dtype": dtype, "method": case["mode"], "request": case["request"],
+                    "hparams": {"layer": 1, "v_loss_layer": 3, "v_num_grad_steps": 20, "v_lr": 0.5,
+                                "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625},
+                    "context_templates": golden[arch]["context_templates"],
+                    "perplexity": {"texts": os.path.join(args.shared, "data", "me-ppl", "ME-PPL_50.json")},
+                    "record_timings": False,
+                }
+                path = os.path.join(scratch, "config.json")
+                json.dump(config, open(path, "w"))
+                out = os.path.join(scratch, "result.json")
+                done = subprocess.run([args.binary, "edit", "--config", path, "--out", out], capture_output=True, text=True)
+                if done.returncode != 0:
+                    rows.append((dtype, arch, index, case["mode"], None, None, None, done.stderr.strip().splitlines()[-1]))
+                    continue
+                result = json.load(open(out))
+                rel = lambda a, b: abs(a - b) / abs(b)
+                rows.append((dtype, arch, index, case["mode"], rel(result["denominator"], case["denominator"]),
+                             rel(result["update_norm"], case["update_norm"]),
+                             rel(result["perplexity_after"]["mean"], case["ppl_after"]), ""))
+
+print("| dtype | arch | cases | max rel. dev. denominator | max rel. dev. ‖ΔW‖ | max rel. dev. ppl after |")
+print("|---|---|---:|---:|---:|---:|")
+for dtype in args.dtypes.split(","):
+    for arch in ("gpt2", "llama", "gptj"):
+        selected = [r for r in rows if r[0] == dtype and r[1] == arch]
+        ok = [r for r in selected if r[4] is not None]
+        if not ok:
+            print(f"| {dtype} | {arch} | 0/{len(selected)} | failed: {selected[0][7] if selected else ''} | | |")
+            continue
+        print(f"| {dtype} | {arch} | {len(ok)}/{len(selected)} | {max(r[4] for r in ok):.2e} | "
+              f"{max(r[5] for r in ok):.2e} | {max(r[6] for r in ok):.2e} |")
