@@ -91,7 +91,7 @@ KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const s
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail_input(config_path.string(), std::string("malformed JSON: ") + e.what());
   }
   std::filesystem::path base = config_path.parent_path();
@@ -235,22 +235,9 @@ nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, con
   out["requests"] = rows;
   out["context_templates"] = report.templates;
   out["timings_s"] = {{"keys_and_denominators", report.key_seconds}, {"forward_passes", report.forward_passes}};
-  out["provenance"] = {{"tool", "rome-collapse"},
-                       {"version", ROME_COLLAPSE_VERSION},
-                       {"config", config.source},
-                       {"config_sha256", config.config_sha256},
-                       {"requests_source", requests.source},
-                       {"requests_format", to_string(requests.format)},
-                       {"model", loaded.model_path},
-                       {"architecture", to_string(loaded.model->config().arch)},
-                       {"tokenizer", loaded.tokenizer_path},
-                       {"add_bos", loaded.add_bos},
-                       {"device", config.device},
-                       {"dtype", config.dtype},
-                       {"layer", config.hparams.layer},
-                       {"mom2_adjustment", config.hparams.mom2_adjustment},
-                       {"stats", config.hparams.mom2_adjustment ? nlohmann::json(config.hparams.stats) : nlohmann::json()},
-                       {"template_source", config.templates.generate ? "generated" : "fixed"}};
+  out["provenance"] = base_provenance(loaded, config);
+  out["provenance"]["requests_source"] = requests.source;
+  out["provenance"]["requests_format"] = to_string(requests.format);
   return out;
 }
 

@@ -123,7 +123,7 @@ EditConfig read_edit_config(const std::filesystem::path& path, const std::vector
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail_input(path.string(), std::string("malformed JSON: ") + e.what());
   }
   std::filesystem::path base = path.parent_path();
@@ -143,6 +143,23 @@ void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
   if (hp.v_loss_layer < hp.layer || hp.v_loss_layer >= model_config.n_layers)
     throw InputError(config.source + ": hparams.v_loss_layer: " + std::to_string(hp.v_loss_layer) +
                      " must be in [layer, " + std::to_string(model_config.n_layers - 1) + "]");
+}
+
+nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& config) {
+  return {{"tool", "rome-collapse"},
+          {"version", ROME_COLLAPSE_VERSION},
+          {"config", config.source},
+          {"config_sha256", config.config_sha256},
+          {"model", loaded.model_path},
+          {"architecture", to_string(loaded.model->config().arch)},
+          {"tokenizer", loaded.tokenizer_path},
+          {"add_bos", loaded.add_bos},
+          {"device", config.device},
+          {"dtype", config.dtype},
+          {"hparams", fields_to_json(config.hparams)},
+          {"template_source", config.templates.generate ? "generated" : "fixed"},
+          {"template_seed", config.templates.generate ? nlohmann::json(config.templates.generation.seed)
+                                                     : nlohmann::json(nullptr)}};
 }
 
 std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index) {
@@ -291,23 +308,11 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   if (moment)
     covariance = {{"file", moment->source}, {"sha256", moment->sha256}, {"count", moment->count},
                   {"ridge", hp.mom2_ridge}};
-  result["provenance"] = {{"tool", "rome-collapse"},
-                          {"version", ROME_COLLAPSE_VERSION},
-                          {"config", config.source},
-                          {"config_sha256", config.config_sha256},
-                          {"model", loaded.model_path},
-                          {"architecture", to_string(model.config().arch)},
-                          {"tokenizer", loaded.tokenizer_path},
-                          {"add_bos", loaded.add_bos},
-                          {"device", config.device},
-                          {"dtype", config.dtype},
-                          {"hparams", fields_to_json(hp)},
-                          {"template_source", config.templates.generate ? "generated" : "fixed"},
-                          {"template_seed", config.templates.generate ? nlohmann::json(config.templates.generation.seed)
-                                                                     : nlohmann::json(nullptr)},
-                          {"prefix_index", config.prefix_index},
-                          {"covariance", covariance},
-                          {"forward_path", options.path == ForwardPath::Optimized ? "optimized" : "reference"}};
+  nlohmann::json provenance = base_provenance(loaded, config);
+  provenance["prefix_index"] = config.prefix_index;
+  provenance["covariance"] = covariance;
+  provenance["forward_path"] = options.path == ForwardPath::Optimized ? "optimized" : "reference";
+  result["provenance"] = std::move(provenance);
   outcome.result = std::move(result);
   return outcome;
 }

@@ -437,19 +437,9 @@ nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, c
     out["pca"] = nullptr;
   out["context_templates"] = analysis.templates;
   out["timings_s"] = {{"keys_and_analysis", analysis.seconds}, {"forward_passes", analysis.forward_passes}};
-  out["provenance"] = {{"tool", "rome-collapse"},
-                       {"version", ROME_COLLAPSE_VERSION},
-                       {"config", config.source},
-                       {"config_sha256", config.config_sha256},
-                       {"requests_source", requests.source},
-                       {"requests_format", to_string(requests.format)},
-                       {"model", loaded.model_path},
-                       {"architecture", to_string(loaded.model->config().arch)},
-                       {"tokenizer", loaded.tokenizer_path},
-                       {"add_bos", loaded.add_bos},
-                       {"layer", config.hparams.layer},
-                       {"mom2_adjustment", config.hparams.mom2_adjustment},
-                       {"template_source", config.templates.generate ? "generated" : "fixed"}};
+  out["provenance"] = base_provenance(loaded, config);
+  out["provenance"]["requests_source"] = requests.source;
+  out["provenance"]["requests_format"] = to_string(requests.format);
   return out;
 }
 

@@ -84,6 +84,10 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
 // Validates the request against the model and config (layer range, context length, ...).
 void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config);
 
+// The provenance block every result shares: tool version, config and its sha256, model,
+// architecture, tokenizer, BOS, device, dtype, hparams and where the templates came from.
+nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& config);
+
 // The test-time prefix template for c-rome-prefix.
 std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index);
 
