@@ -4,7 +4,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config ccache
           libtorch-dev libopenblas0-openmp libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
           libgtest-dev libsentencepiece-dev libpcre2-dev libzip-dev libssl-dev
-          python3 python3-numpy python3-matplotlib)
+          python3 python3-numpy python3-matplotlib
+          clang libclang-rt-14-dev)  # clang + libFuzzer: scripts/ci-fuzz.sh
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

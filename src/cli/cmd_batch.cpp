@@ -155,7 +155,7 @@ EditConfig read_batch_config(const fs::path& path) {
   json raw;
   try {
     raw = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail_input(path.string(), std::string("malformed JSON: ") + e.what());
   }
   if (raw.is_object() && raw.contains("hparams") && raw["hparams"].is_object() && raw["hparams"].contains("max_length")) {
@@ -312,7 +312,7 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
 json read_run_json(const fs::path& path) {
   try {
     return json::parse(read_file(path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail_input(path.string(), std::string("malformed JSON: ") + e.what());
   }
 }

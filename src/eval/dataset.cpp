@@ -59,6 +59,9 @@ std::vector<LocalityPrompt> zip_locality(const std::vector<std::string>& prompts
 }
 
 EditRecord counterfact_rome(const json& record, const std::string& where) {
+  // contains() first: operator[] of a const json on a missing key is undefined (an assertion failure
+  // in debug builds), and a record may lack the field when the format is forced.
+  if (!record.contains("requested_rewrite")) throw InputError(where + ": missing field \"requested_rewrite\"");
   if (!record["requested_rewrite"].is_object()) throw InputError(where + ": field \"requested_rewrite\": expected an object");
   const json& rewrite = record["requested_rewrite"];
   const std::string rw = where + ": requested_rewrite";
@@ -199,7 +202,7 @@ Dataset read_dataset(const std::filesystem::path& path, DatasetFormat format) {
   json data;
   try {
     data = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail_input(path.string(), std::string("malformed JSON: ") + e.what());
   }
   return parse_dataset(data, path.string(), format);

@@ -30,7 +30,7 @@ std::vector<std::string> read_texts(const std::filesystem::path& path) {
     nlohmann::json list;
     try {
       list = nlohmann::json::parse(contents);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       fail_input(path.string(), std::string("malformed JSON: ") + e.what());
     }
     for (size_t i = 0; i < list.size(); ++i)
@@ -44,7 +44,7 @@ std::vector<std::string> read_texts(const std::filesystem::path& path) {
       nlohmann::json record;
       try {
         record = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         throw InputError(where + ": malformed JSON: " + e.what());
       }
       texts.push_back(text_of(record, where));

@@ -103,7 +103,7 @@ Checkpoint load_sharded_safetensors(const fs::path& index_json, const fs::path& 
   nlohmann::json index;
   try {
     index = nlohmann::json::parse(read_file(index_json));
-  } catch (const nlohmann::json::parse_error& error) {
+  } catch (const nlohmann::json::exception& error) {
     fail_input(index_file, std::string("not valid JSON: ") + error.what());
   }
   if (!index.is_object() || !index.contains("weight_map") || !index.at("weight_map").is_object())
@@ -182,7 +182,9 @@ at::Tensor permute_for_rotate_half(const at::Tensor& weight, int64_t n_heads, in
 
 Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
   const std::string file = path.string();
-  const uintmax_t file_size = fs::file_size(path);
+  std::error_code size_error;
+  const uintmax_t file_size = fs::file_size(path, size_error);
+  if (size_error) fail_input(file, "cannot read the file size: " + size_error.message());
   const std::string prefix = read_prefix(path, 28);
   if (prefix.size() >= 4) {
     uint32_t magic = 0;
@@ -397,6 +399,11 @@ std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
 void validate_checkpoint(const Checkpoint& checkpoint) {
   const ModelConfig& config = checkpoint.config;
   const std::string implied_by = checkpoint.format == "llama2c" ? "the llama2.c header" : "config.json";
+  // Every layer needs several tensors: refuse an impossible layer count before listing them all.
+  if (config.n_layers > static_cast<int64_t>(checkpoint.tensors.size()))
+    fail_input(checkpoint.source, implied_by + " declares " + std::to_string(config.n_layers) +
+                                      " layers but the checkpoint holds only " +
+                                      std::to_string(checkpoint.tensors.size()) + " tensors");
   for (const ExpectedTensor& expected : expected_tensors(config)) {
     auto found = checkpoint.tensors.find(expected.name);
     if (found == checkpoint.tensors.end()) {

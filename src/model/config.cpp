@@ -20,6 +20,13 @@ namespace {
 
 const char* kSupportedModelTypes = "\"gpt2\", \"gptj\", \"llama\"";
 
+// Sanity caps, checked before anything is sized from config.json: far above every real model
+// (GPT-2 XL: 48 layers, 1600 wide; Llama-2-70B: 80 layers, 28672 MLP; vocabularies <= 262144;
+// contexts <= a few million), yet low enough that no product of two dimensions overflows int64 and
+// a corrupt or hostile file is refused with a message instead of an attempted huge allocation.
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxDimension = int64_t{1} << 24;  // 16,777,216: widths, heads, vocabulary, context
+
 // Reads config.json fields with errors that name the file and the field.
 class ConfigReader {
  public:
@@ -67,8 +74,17 @@ class ConfigReader {
   int64_t positive_int_value(const nlohmann::json& value, const std::string& field) const {
     if (!value.is_number_integer())
       fail_input(file_, "field '" + field + "' must be a positive integer, got " + value.dump());
+    // An unsigned value above INT64_MAX would wrap to a negative int64 (refused below).
+    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+      fail_input(file_, "field '" + field + "' is " + value.dump() + ", beyond any plausible model");
     int64_t number = value.get<int64_t>();
     if (number <= 0) fail_input(file_, "field '" + field + "' must be a positive integer, got " + value.dump());
+    const bool layers = field == "n_layer" || field == "num_hidden_layers";
+    const int64_t limit = layers ? kMaxLayers : kMaxDimension;
+    if (number > limit)
+      fail_input(file_, "field '" + field + "' is " + value.dump() + ", above the sanity limit of " +
+                            std::to_string(limit) + (layers ? " layers" : "") +
+                            " (corrupt config.json? no supported model comes close)");
     return number;
   }
 
@@ -197,7 +213,7 @@ ModelConfig load_hf_config(const std::filesystem::path& config_json) {
   nlohmann::json json;
   try {
     json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& error) {
+  } catch (const nlohmann::json::exception& error) {
     fail_input(config_json.string(), std::string("not valid JSON: ") + error.what());
   }
   return parse_hf_config(json, config_json.string());

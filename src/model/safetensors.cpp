@@ -176,7 +176,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const nlohmann::json::parse_error& error) {
+  } catch (const nlohmann::json::exception& error) {
     fail_input(file, std::string("header is not valid JSON: ") + error.what());
   }
   if (!header.is_object()) fail_input(file, "header is not a JSON object");
@@ -203,10 +203,19 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
     return std::make_pair(a.second->begin, a.second->end) < std::make_pair(b.second->begin, b.second->end);
   });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    const auto& previous = by_offset[i - 1];
+  // Compared with the non-empty range reaching furthest so far, not just the previous entry: an empty
+  // tensor sorted in between must not hide an overlap ([0,8], [4,4], [4,8]).
+  const std::pair<const std::string*, const SafetensorsEntry*>* furthest = nullptr;
+  for (size_t i = 0; i < by_offset.size(); ++i) {
     const auto& current = by_offset[i];
-    if (current.second->begin < previous.second->end && current.second->begin < current.second->end)
+    if (current.second->begin == current.second->end) continue;
+    if (furthest == nullptr) {
+      furthest = &by_offset[i];
+      continue;
+    }
+    const auto& previous = *furthest;
+    if (current.second->end > previous.second->end) furthest = &by_offset[i];
+    if (current.second->begin < previous.second->end)
       fail_input(file, "tensor '" + *current.first + "': data_offsets [" + std::to_string(current.second->begin) +
                            ", " + std::to_string(current.second->end) + "] overlap those of tensor '" +
                            *previous.first + "' [" + std::to_string(previous.second->begin) + ", " +

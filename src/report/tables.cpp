@@ -66,7 +66,7 @@ ResultsFile read_results_file(const std::filesystem::path& path) {
     if (line.find_first_not_of(" \t\r") != std::string::npos) {
       try {
         file.lines.push_back(json::parse(line));
-      } catch (const json::parse_error& e) {
+      } catch (const json::exception& e) {
         throw InputError(path.string() + ": line " + std::to_string(number) + ": malformed JSON: " + e.what());
       }
     }
@@ -215,7 +215,7 @@ std::vector<TableRow> write_tables(const std::filesystem::path& dir) {
   json run;
   try {
     run = json::parse(read_file(run_path));
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail_input(run_path.string(), std::string("malformed JSON: ") + e.what());
   }
   const TableSettings settings = table_settings_from_run(run, run_path.string());

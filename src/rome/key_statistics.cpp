@@ -69,7 +69,7 @@ SecondMomentCollector SecondMomentCollector::restore(const std::filesystem::path
   nlohmann::json stored;
   try {
     stored = nlohmann::json::parse(members.at("fingerprint").string());
-  } catch (const nlohmann::json::parse_error&) {
+  } catch (const nlohmann::json::exception&) {
     fail_input(file, "member 'fingerprint' is not JSON" + start_over);
   }
   if (stored != fingerprint) {

@@ -8,7 +8,6 @@
 #include <cstring>
 #include <fcntl.h>
 #include <memory>
-#include <regex>
 #include <unistd.h>
 
 #include <ATen/ATen.h>
@@ -74,6 +73,20 @@ std::vector<uint32_t> utf8_code_points(const std::string& text) {
   return out;
 }
 
+// The text between `open` and `close` after "'key'" and a colon in a .npy header dict; false if absent.
+bool header_value(const std::string& header, const std::string& key, char open, char close, std::string& value) {
+  size_t pos = header.find("'" + key + "'");
+  if (pos == std::string::npos) return false;
+  pos = header.find_first_not_of(" \t", pos + key.size() + 2);
+  if (pos == std::string::npos || header[pos] != ':') return false;
+  pos = header.find_first_not_of(" \t", pos + 1);
+  if (pos == std::string::npos || header[pos] != open) return false;
+  const size_t end = header.find(close, pos + 1);
+  if (end == std::string::npos) return false;
+  value = header.substr(pos + 1, end - pos - 1);
+  return true;
+}
+
 }  // namespace
 
 NpyArray parse_npy(const std::string& bytes, const std::string& where) {
@@ -96,20 +109,22 @@ NpyArray parse_npy(const std::string& bytes, const std::string& where) {
   const std::string header = bytes.substr(header_start, header_length);
   NpyArray array;
   array.where = where;
-  std::smatch match;
-  if (!std::regex_search(header, match, std::regex("'descr'\\s*:\\s*'([^']+)'")))
+  // Hand-written scanning, not std::regex: libstdc++'s regex recurses once per character matched
+  // and overflows the stack on a long header (a 100 kB 'descr' crashed the process).
+  std::string descr_text, dims;
+  if (!header_value(header, "descr", '\'', '\'', descr_text) || descr_text.empty())
     throw InputError(where + ": .npy header has no simple 'descr' (structured dtypes are not supported)");
-  array.descr = match[1];
+  array.descr = descr_text;
   array.fortran_order = header.find("'fortran_order': True") != std::string::npos;
-  if (!std::regex_search(header, match, std::regex("'shape'\\s*:\\s*\\(([^)]*)\\)")))
-    throw InputError(where + ": .npy header has no 'shape'");
-  const std::string dims = match[1];
+  if (!header_value(header, "shape", '(', ')', dims)) throw InputError(where + ": .npy header has no 'shape'");
   const uint64_t item = element_size(array.descr, where);
   uint64_t count = 1;
-  static const std::regex kNumber("\\d+");
-  for (std::sregex_iterator it(dims.begin(), dims.end(), kNumber), end; it != end; ++it) {
-    if (it->str().size() > 15) throw InputError(where + ": shape too large");
-    const uint64_t dim = std::stoull(it->str());
+  for (size_t pos = 0; (pos = dims.find_first_of("0123456789", pos)) != std::string::npos;) {
+    const size_t digits_end = std::min(dims.find_first_not_of("0123456789", pos), dims.size());
+    const std::string digits = dims.substr(pos, digits_end - pos);
+    pos = digits_end;
+    if (digits.size() > 15) throw InputError(where + ": shape too large");
+    const uint64_t dim = std::stoull(digits);
     array.shape.push_back(static_cast<int64_t>(dim));
     if (dim != 0 && count > kMaxMemberBytes / dim) throw InputError(where + ": shape too large");
     count *= dim;
@@ -146,7 +161,8 @@ at::Tensor NpyArray::tensor() const {
   std::vector<int64_t> sizes = shape;
   if (fortran_order) std::reverse(sizes.begin(), sizes.end());
   at::Tensor out = at::empty(sizes, at::TensorOptions().dtype(type));
-  std::memcpy(out.data_ptr(), data.data(), data.size());
+  // An empty array has no storage (data_ptr() is null): memcpy(nullptr, ..., 0) is undefined.
+  if (!data.empty()) std::memcpy(out.data_ptr(), data.data(), data.size());
   if (fortran_order && out.dim() > 1) {
     std::vector<int64_t> order(out.dim());
     for (int64_t i = 0; i < out.dim(); ++i) order[i] = out.dim() - 1 - i;
@@ -398,7 +414,8 @@ SecondMoment read_second_moment_npz(const std::filesystem::path& path) {
     at::Tensor value = array.tensor();
     if (at::isFloatingType(value.scalar_type())) {
       const double v = value.to(at::kDouble).item<double>();
-      if (v != std::floor(v)) throw InputError(array.where + ": expected an integer, found " + std::to_string(v));
+      if (v != std::floor(v) || !(std::fabs(v) < 9.0e18))  // also NaN and values no int64 holds
+        throw InputError(array.where + ": expected an integer, found " + std::to_string(v));
     }
     return value.to(at::kLong).reshape({}).item<int64_t>();
   };

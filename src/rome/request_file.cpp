@@ -37,7 +37,7 @@ std::vector<nlohmann::json> parse_records(const std::string& text, const std::st
     nlohmann::json json;
     try {
       json = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       fail_input(source, std::string("malformed JSON: ") + e.what());
     }
     if (json.is_object() && json.contains("requests")) json = json["requests"];
@@ -52,7 +52,7 @@ std::vector<nlohmann::json> parse_records(const std::string& text, const std::st
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
     try {
       records.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       fail_input(source, "line " + std::to_string(number) + ": malformed JSON: " + e.what());
     }
   }

@@ -113,7 +113,7 @@ json parse_json_file(const std::filesystem::path& path) {
   std::string text = read_file(path);
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
     fail_input(path.string(), std::string("not valid JSON: ") + e.what());
   }
 }

@@ -27,7 +27,7 @@ nlohmann::json parse_tokenizer_json(const fs::path& path) {
   std::string text = read_file(path);
   try {
     return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     fail_input(path.string(), std::string("not valid JSON: ") + e.what());
   }
 }

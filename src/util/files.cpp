@@ -1,10 +1,13 @@
 #include "rome_collapse/util/files.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -26,21 +29,40 @@ std::string read_file(const std::filesystem::path& path) {
 }
 
 void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  std::string temp = path.string() + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    if (!out) fail_input(path.string(), std::string("cannot write: ") + std::strerror(errno));
-    out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
-    out.flush();
-    if (!out) {
-      std::remove(temp.c_str());
-      fail_input(path.string(), "write failed (disk full?)");
+  if (path.has_parent_path()) {
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    if (ec) fail_input(path.string(), "cannot create the directory " + path.parent_path().string() + ": " + ec.message());
+  }
+  // pid + a per-process counter: concurrent writers (processes or threads) never share a temporary.
+  static std::atomic<uint64_t> counter{0};
+  const std::string temp = path.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail_input(path.string(), std::string("cannot write: ") + std::strerror(errno));
+  const char* data = contents.data();
+  size_t left = contents.size();
+  int saved_errno = 0;
+  while (left > 0) {
+    const ssize_t n = ::write(fd, data, std::min<size_t>(left, size_t(1) << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      saved_errno = n < 0 ? errno : ENOSPC;
+      break;
     }
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+  // fsync before the rename: after a crash the file is either the old one or the complete new one.
+  if (saved_errno == 0 && ::fsync(fd) != 0) saved_errno = errno;
+  if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
+  if (saved_errno != 0) {
+    std::remove(temp.c_str());
+    fail_input(path.string(), std::string("write failed (disk full?): ") + std::strerror(saved_errno));
   }
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    saved_errno = errno;
     std::remove(temp.c_str());
-    fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(errno));
+    fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(saved_errno));
   }
 }
 
