@@ -11,6 +11,7 @@
 #include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "support/golden.h"
+#include "rome_collapse/util/files.h"
 #include "support/test_support.h"
 
 namespace rc {
@@ -19,10 +20,6 @@ namespace {
 using test::run_cli;
 using test::scratch_dir;
 
-void write_text(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
 
 // The golden GPT-2 setting (tiny-gpt2, GPT-2 tokenizer, no BOS, layer 1, fixed templates) with
 // the given requests, as a config file.
@@ -35,7 +32,7 @@ std::filesystem::path golden_config(const std::filesystem::path& dir, const nloh
                            {"context_templates", gpt2["context_templates"]},
                            {"requests", requests}};
   auto path = dir / "golden.json";
-  write_text(path, config.dump(1));
+  write_file_atomic(path, config.dump(1));
   return path;
 }
 
@@ -60,7 +57,7 @@ std::filesystem::path builtin_config(const std::filesystem::path& dir) {
        {{{"prompt", "{} is a citizen of"}, {"subject", "Leonardo"}, {"target_new", "Japan"}, {"target_true", "Italy"}},
         {{"prompt", "The official language of {} is"}, {"subject", "Finland"}, {"target_new", "Spanish"}}}}};
   auto path = dir / "builtin.json";
-  write_text(path, config.dump(1));
+  write_file_atomic(path, config.dump(1));
   return path;
 }
 
@@ -114,7 +111,7 @@ TEST(CheckGolden, CliExitCodesOnTheReferenceCases) {
 
   // The subject-later requests, as a request file: all pass.
   auto requests = dir / "later.json";
-  write_text(requests, golden_requests(false, true).dump());
+  write_file_atomic(requests, golden_requests(false, true).dump());
   result = run_cli("check --config " + first.string() + " --requests " + requests.string());
   EXPECT_EQ(result.exit_code, 0) << result.out << result.err;
 }
@@ -157,20 +154,20 @@ TEST(CheckCli, UsageAndInputErrorsExitTwo) {
   EXPECT_EQ(run_cli("check --config " + config + " --min-ratio abc").exit_code, 2);
   EXPECT_EQ(run_cli("check --config " + (dir / "missing.json").string()).exit_code, 2);
   auto malformed = dir / "malformed.json";
-  write_text(malformed, "[{\"prompt\": \"{} is\", \"subject\": ");
+  write_file_atomic(malformed, "[{\"prompt\": \"{} is\", \"subject\": ");
   auto result = run_cli("check --config " + config + " --requests " + malformed.string());
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("malformed.json"), std::string::npos) << result.err;
   auto unknown = dir / "unknown.json";
-  write_text(unknown, R"([{"prompt": "{} is", "subject": "Leonardo", "target_new": "x", "taget_true": "y"}])");
+  write_file_atomic(unknown, R"([{"prompt": "{} is", "subject": "Leonardo", "target_new": "x", "taget_true": "y"}])");
   result = run_cli("check --config " + config + " --requests " + unknown.string());
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("taget_true"), std::string::npos) << result.err;
   auto no_subject = dir / "no_subject.json";
-  write_text(no_subject, R"([{"prompt": "Rome is a city", "subject": "Leonardo", "target_new": "x"}])");
+  write_file_atomic(no_subject, R"([{"prompt": "Rome is a city", "subject": "Leonardo", "target_new": "x"}])");
   EXPECT_EQ(run_cli("check --config " + config + " --requests " + no_subject.string()).exit_code, 2);
   auto bad_layer = dir / "bad_layer.json";
-  write_text(bad_layer, R"({"model": "builtin:demo-gpt2", "hparams": {"layer": 9}, "context_templates": ["{}"],
+  write_file_atomic(bad_layer, R"({"model": "builtin:demo-gpt2", "hparams": {"layer": 9}, "context_templates": ["{}"],
                            "request": {"prompt": "{} is", "subject": "Leonardo", "target_new": "Japan"}})");
   result = run_cli("check --config " + bad_layer.string());
   EXPECT_EQ(result.exit_code, 2);
@@ -180,7 +177,7 @@ TEST(CheckCli, UsageAndInputErrorsExitTwo) {
 TEST(RequestFile, ReadsPlainListsJsonLinesAndDatasets) {
   auto dir = scratch_dir("check_request_files");
   auto plain = dir / "plain.json";
-  write_text(plain, R"([{"prompt": "{} is a citizen of", "subject": "Leonardo", "target_new": {"str": "Japan"}},
+  write_file_atomic(plain, R"([{"prompt": "{} is a citizen of", "subject": "Leonardo", "target_new": {"str": "Japan"}},
                         {"prompt": "Danielle speaks", "subject": "Danielle", "target_new": "English", "case_id": 7}])");
   RequestSet set = read_request_file(plain);
   ASSERT_EQ(set.requests.size(), 2u);
@@ -189,11 +186,11 @@ TEST(RequestFile, ReadsPlainListsJsonLinesAndDatasets) {
   EXPECT_EQ(set.requests[1].prompt, "{} speaks");
   EXPECT_EQ(set.ids[1], 7);
   auto lines = dir / "lines.jsonl";
-  write_text(lines, "{\"prompt\": \"{} is\", \"subject\": \"A\", \"target_new\": \"B\"}\n\n"
+  write_file_atomic(lines, "{\"prompt\": \"{} is\", \"subject\": \"A\", \"target_new\": \"B\"}\n\n"
                     "{\"prompt\": \"{} was\", \"subject\": \"C\", \"target_new\": \"D\"}\n");
   EXPECT_EQ(read_request_file(lines).requests.size(), 2u);
   auto empty = dir / "empty.json";
-  write_text(empty, "[]");
+  write_file_atomic(empty, "[]");
   EXPECT_THROW(read_request_file(empty), InputError);
   EXPECT_THROW(read_request_file(dir / "absent.json"), InputError);
 }
@@ -214,7 +211,7 @@ TEST(RequestFile, ReadsTheSharedDatasets) {
   std::ifstream in(test::shared_path("data/zsre/zsre_mend_train-1k.json"));
   nlohmann::json records = nlohmann::json::parse(in);
   auto excerpt = test::scratch_dir("check_request_zsre") / "zsre.json";
-  write_text(excerpt, nlohmann::json(std::vector<nlohmann::json>(records.begin(), records.begin() + 3)).dump());
+  write_file_atomic(excerpt, nlohmann::json(std::vector<nlohmann::json>(records.begin(), records.begin() + 3)).dump());
   RequestSet zsre = read_request_file(excerpt);
   EXPECT_EQ(zsre.format, RequestFormat::Zsre);
   EXPECT_EQ(zsre.requests[0].prompt, "What is the product made by {}?");

@@ -9,6 +9,7 @@
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "support/golden.h"
+#include "rome_collapse/util/files.h"
 #include "support/test_support.h"
 
 namespace rc {
@@ -17,10 +18,6 @@ namespace {
 using test::run_cli;
 using test::scratch_dir;
 
-void write_text(const std::filesystem::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-}
 
 // Builtin model with two short templates.
 nlohmann::json builtin_config_json() {
@@ -41,7 +38,7 @@ struct Analysed {
 
 Analysed analyse(const std::filesystem::path& dir, const std::vector<int64_t>& prefix_tokens) {
   auto path = dir / "config.json";
-  write_text(path, builtin_config_json().dump());
+  write_file_atomic(path, builtin_config_json().dump());
   Analysed a;
   a.setup = read_key_run_setup(path, "");
   a.loaded = load_model(a.setup.config.model, "", std::nullopt, "cpu", "float32");
@@ -115,7 +112,7 @@ TEST(KeyAnalysis, PcaFindsTheDominantDirectionOnBothPaths) {
 TEST(KeysCli, WritesNpzAndJson) {
   auto dir = scratch_dir("keys_cli");
   auto config = dir / "config.json";
-  write_text(config, builtin_config_json().dump());
+  write_file_atomic(config, builtin_config_json().dump());
   auto npz = dir / "keys.npz", json_path = dir / "keys.json";
   auto result = run_cli("keys --config " + config.string() + " --out " + npz.string() + " --json " + json_path.string() +
                         " --prefix-tokens 1 2");
@@ -158,7 +155,7 @@ TEST(KeysGolden, LeonardoIsFarFromItsCloudOnTheReferenceModel) {
                            {"hparams", {{"layer", 1}}},
                            {"context_templates", gpt2["context_templates"]},
                            {"requests", requests}};
-  write_text(dir / "golden.json", config.dump());
+  write_file_atomic(dir / "golden.json", config.dump());
   KeyRunSetup setup = read_key_run_setup(dir / "golden.json", "");
   LoadedModel loaded = load_model(setup.config.model, setup.config.tokenizer, false, "cpu", "float32");
   KeyAnalysis analysis = analyze_keys(loaded, setup.config, setup.requests, prepare_key_run(loaded, setup.config));
