@@ -16,6 +16,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
 parser.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "rome-collapse"))
 parser.add_argument("--dtypes", default="float32,bfloat16,float16")
+parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 args = parser.parse_args()
 
 golden = json.load(open(os.path.join(args.shared, "reference", "golden_reference.json")))
@@ -27,7 +28,7 @@ with tempfile.TemporaryDirectory() as scratch:
                 config = {
                     "model": os.path.join(args.shared, "reference", "tiny-" + arch),
                     "tokenizer": os.path.join(args.shared, "tokenizers", "gpt2"),
-                    "add_bos": False, "dtype": dtype, "method": case["mode"], "request": case["request"],
+                    "add_bos": False, "dtype": dtype, "device": args.device, "method": case["mode"], "request": case["request"],
                     "hparams": {"layer": 1, "v_loss_layer": 3, "v_num_grad_steps": 20, "v_lr": 0.5,
                                 "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625},
                     "context_templates": golden[arch]["context_templates"],

@@ -53,7 +53,8 @@ struct BenchModel {
   std::string perplexity_texts;  // empty: no perplexity timing
 };
 
-BenchModel make_model(const std::string& name, const std::filesystem::path& shared, int64_t steps_override) {
+BenchModel make_model(const std::string& name, const std::filesystem::path& shared, int64_t steps_override,
+                      const std::string& device) {
   BenchModel bench;
   bench.name = name;
   auto& hp = bench.config.hparams;
@@ -65,19 +66,21 @@ BenchModel make_model(const std::string& name, const std::filesystem::path& shar
     return path.string();
   };
   if (name == "tiny-gpt2" || name == "tiny-llama" || name == "tiny-gptj") {
-    bench.loaded = load_model(need_shared("reference/" + name), need_shared("tokenizers/gpt2"), false, "cpu", "float32");
+    bench.loaded = load_model(need_shared("reference/" + name), need_shared("tokenizers/gpt2"), false, device, "float32");
     hp.layer = 1, hp.v_loss_layer = 3, hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
     bench.perplexity_texts = need_shared("data/me-ppl/ME-PPL_50.json");
   } else if (name == "stories260K") {
     bench.loaded = load_model(need_shared("models/stories260K/stories260K.bin"),
-                              need_shared("models/stories260K/tok512.model"), std::nullopt, "cpu", "float32");
+                              need_shared("models/stories260K/tok512.model"), std::nullopt, device, "float32");
     hp.layer = 2, hp.v_loss_layer = 4, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
     request = {"{} loved to play with her", "Lily", "dog", "toys"};
   } else if (name == "gpt2-small" || name == "gpt2-xl") {
     // Seeded random weights in the real shapes; the embedded byte-level tokenizer drives them
     // (ids < 1000), the vocabulary keeps GPT-2's 50257 so the LM head costs what it really costs.
     bench.loaded.tokenizer = builtin_demo_tokenizer();
-    bench.loaded.model = build_causal_lm(random_checkpoint(gpt2_shape(name, 50257), 0));
+    LoadOptions options;
+    options.device = parse_device(device);
+    bench.loaded.model = build_causal_lm(random_checkpoint(gpt2_shape(name, 50257), 0), options);
     bench.loaded.model_path = "random:" + name;
     bench.loaded.tokenizer_path = "builtin:demo-gpt2";
     configure_threads(&bench.loaded.model->config());
@@ -93,6 +96,7 @@ BenchModel make_model(const std::string& name, const std::filesystem::path& shar
   bench.config.templates.fixed = kTemplates;
   bench.config.record_timings = true;
   bench.config.source = "bench:" + name;
+  bench.config.device = device;
   return bench;
 }
 
@@ -110,12 +114,12 @@ int run_bench(const BenchArgs& args) {
   for (const auto& name : names) {
     reset_peak_memory();
     auto load_start = std::chrono::steady_clock::now();
-    BenchModel bench = make_model(name, args.shared, args.steps);
+    BenchModel bench = make_model(name, args.shared, args.steps, args.device);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     const double load_peak = peak_memory_mib();
     EditContext context;
     context.templates = kTemplates;
-    nlohmann::json entry = {{"model", name}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
+    nlohmann::json entry = {{"model", name}, {"device", args.device}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
                             {"threads", at::get_num_threads()}, {"layer", bench.config.hparams.layer},
                             {"steps", bench.config.hparams.v_num_grad_steps}};
     std::map<std::string, nlohmann::json> per_path;

@@ -95,6 +95,7 @@ struct BenchArgs {
   std::string shared = "../shared";
   int64_t steps = 0;     // 0: each model's own setting
   int64_t repeats = 1;
+  std::string device = "cpu";
   std::string out;
 };
 int run_bench(const BenchArgs& args);

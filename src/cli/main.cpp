@@ -131,6 +131,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   bench->add_option("--repeats", bench_args.repeats, "edits per path; the fastest is reported")
       ->check(CLI::Range(int64_t{1}, int64_t{100}));
+  bench->add_option("--device", bench_args.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   bench->add_option("--out", bench_args.out, "JSON report");
 
   // [register: new subcommands are added above this line, one block each]
