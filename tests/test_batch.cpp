@@ -24,18 +24,12 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void write_json(const fs::path& path, const json& value) { std::ofstream(path) << value.dump(1) << "\n"; }
 
 std::vector<json> result_lines(const fs::path& dir) {
   std::vector<json> lines;
-  std::istringstream in(slurp(dir / "results.jsonl"));
+  std::istringstream in(test::read_if_exists(dir / "results.jsonl"));
   std::string line;
   while (std::getline(in, line))
     if (!line.empty()) lines.push_back(json::parse(line));
@@ -72,7 +66,7 @@ std::string shell_quote(const fs::path& path) { return "'" + path.string() + "'"
 
 void expect_same_tables(const fs::path& a, const fs::path& b) {
   for (const char* file : {"tables.md", "tables.csv", "summary.json"}) {
-    const std::string left = slurp(a / file), right = slurp(b / file);
+    const std::string left = test::read_if_exists(a / file), right = test::read_if_exists(b / file);
     EXPECT_FALSE(left.empty()) << (a / file);
     EXPECT_EQ(left, right) << file << " differs between " << a << " and " << b;
   }
@@ -91,25 +85,9 @@ void expect_same_results(const fs::path& a, const fs::path& b) {
     EXPECT_EQ(without_timings(left[i]), without_timings(right[i])) << "line " << i;
 }
 
-// Starts the CLI without waiting (for signals); stderr to `err`.
-pid_t spawn_cli(const std::vector<std::string>& args, const fs::path& err) {
-  const char* env = std::getenv("ROME_CLI");
-  const std::string binary = env ? env : (std::string(ROME_BINARY_DIR) + "/rome-collapse");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    std::freopen("/dev/null", "w", stdout);
-    std::freopen(err.c_str(), "w", stderr);
-    std::vector<char*> argv{const_cast<char*>(binary.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    std::_Exit(127);
-  }
-  return pid;
-}
 
 size_t complete_lines(const fs::path& path) {
-  const std::string text = slurp(path);
+  const std::string text = test::read_if_exists(path);
   return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
 }
 
@@ -235,8 +213,8 @@ void expect_metrics_and_consistent_tables(const fs::path& dir, size_t expected_l
   EXPECT_EQ(keys.size(), lines.size()) << "a (case, method) pair appears twice";
 
   // summary.json's "all" rows against the lines themselves.
-  const json summary = json::parse(slurp(dir / "summary.json"));
-  const json run = json::parse(slurp(dir / "run.json"));
+  const json summary = json::parse(test::read_if_exists(dir / "summary.json"));
+  const json run = json::parse(test::read_if_exists(dir / "run.json"));
   EXPECT_EQ(run["context_templates"], json(kTemplates));
   for (const auto& method : run["config"]["methods"]) {
     std::vector<double> efficacy, locality, ppl, update_norm, denominator;
@@ -264,9 +242,9 @@ void expect_metrics_and_consistent_tables(const fs::path& dir, size_t expected_l
     const json& normal = summary["methods"][method.get<std::string>()]["normal"];
     EXPECT_EQ(collapse["cases"].get<size_t>() + normal["cases"].get<size_t>(), efficacy.size());
   }
-  const std::string csv = slurp(dir / "tables.csv");
+  const std::string csv = test::read_if_exists(dir / "tables.csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 3 * static_cast<long>(run["config"]["methods"].size()));
-  EXPECT_NE(slurp(dir / "tables.md").find("| Efficacy | Generalisation | Locality |"), std::string::npos);
+  EXPECT_NE(test::read_if_exists(dir / "tables.md").find("| Efficacy | Generalisation | Locality |"), std::string::npos);
 }
 
 TEST(Batch, CounterFactEveryMetricAndExactRestoration) {
@@ -333,11 +311,11 @@ TEST(Batch, InterruptedResumedAndShardedRunsGiveTheSameTables) {
   ASSERT_EQ(result_lines(dir / "whole").size(), 16u);
 
   // SIGTERM: the current edit is finished and written, the exit is non-zero with a message.
-  pid_t pid = spawn_cli({"batch", "--config", config, "--out", (dir / "term").string()}, dir / "term.err");
-  ASSERT_TRUE(wait_for_lines(pid, dir / "term" / "results.jsonl", 2)) << slurp(dir / "term.err");
+  pid_t pid = test::spawn_cli({"batch", "--config", config, "--out", (dir / "term").string()}, dir / "term.err");
+  ASSERT_TRUE(wait_for_lines(pid, dir / "term" / "results.jsonl", 2)) << test::read_if_exists(dir / "term.err");
   ::kill(pid, SIGTERM);
-  EXPECT_EQ(wait_exit(pid), 128 + SIGTERM) << slurp(dir / "term.err");
-  EXPECT_NE(slurp(dir / "term.err").find("SIGTERM"), std::string::npos);
+  EXPECT_EQ(wait_exit(pid), 128 + SIGTERM) << test::read_if_exists(dir / "term.err");
+  EXPECT_NE(test::read_if_exists(dir / "term.err").find("SIGTERM"), std::string::npos);
   const size_t after_term = result_lines(dir / "term").size();
   EXPECT_LT(after_term, 16u);
   // A kill in the middle of a write leaves a line without its newline; the resumed run drops it.
@@ -350,8 +328,8 @@ TEST(Batch, InterruptedResumedAndShardedRunsGiveTheSameTables) {
   expect_same_tables(dir / "whole", dir / "term");
 
   // SIGKILL: nothing is flushed on the way out; what was synced is all there is.
-  pid = spawn_cli({"batch", "--config", config, "--out", (dir / "kill").string()}, dir / "kill.err");
-  ASSERT_TRUE(wait_for_lines(pid, dir / "kill" / "results.jsonl", 1)) << slurp(dir / "kill.err");
+  pid = test::spawn_cli({"batch", "--config", config, "--out", (dir / "kill").string()}, dir / "kill.err");
+  ASSERT_TRUE(wait_for_lines(pid, dir / "kill" / "results.jsonl", 1)) << test::read_if_exists(dir / "kill.err");
   ::kill(pid, SIGKILL);
   wait_exit(pid);
   result = test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / "kill"));
@@ -383,7 +361,7 @@ TEST(Batch, InterruptedResumedAndShardedRunsGiveTheSameTables) {
   result = test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / "shard0") + " --shard 1/2");
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("shard"), std::string::npos) << result.err;
-  json other = json::parse(slurp(dir / "shard1" / "run.json"));
+  json other = json::parse(test::read_if_exists(dir / "shard1" / "run.json"));
   other["context_templates"][1] = "Something else. {}";
   fs::create_directories(dir / "other");
   fs::copy_file(dir / "shard1" / "results.jsonl", dir / "other" / "results.jsonl");

@@ -17,16 +17,10 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 TEST(EvalStories260K, ReproducesThePapersEvaluation) {
   ROME_REQUIRE_SHARED();
-  const json golden = json::parse(slurp(test::shared_path("reference/golden_eval_stories260K.json")));
+  const json golden = json::parse(test::read_if_exists(test::shared_path("reference/golden_eval_stories260K.json")));
   const fs::path dir = test::scratch_dir("eval-stories260k");
 
   // The 16 records, in their index order (the index picks c-rome-prefix's test-time template).
@@ -54,13 +48,13 @@ TEST(EvalStories260K, ReproducesThePapersEvaluation) {
                                     (dir / "out").string() + "'");
   ASSERT_EQ(result.exit_code, 0) << result.err;
 
-  const json run = json::parse(slurp(dir / "out" / "run.json"));
+  const json run = json::parse(test::read_if_exists(dir / "out" / "run.json"));
   const double ppl_before = run["perplexity_before"]["mean"].get<double>();
   EXPECT_NEAR(ppl_before, golden["ppl_before"].get<double>(), 1e-4 * golden["ppl_before"].get<double>());
   EXPECT_EQ(run["config"]["evaluation"]["max_length"], 40);
 
   std::map<std::pair<int64_t, std::string>, json> lines;
-  std::istringstream in(slurp(dir / "out" / "results.jsonl"));
+  std::istringstream in(test::read_if_exists(dir / "out" / "results.jsonl"));
   for (std::string line; std::getline(in, line);) {
     const json r = json::parse(line);
     lines[{r["position"].get<int64_t>(), r["method"].get<std::string>()}] = r;

@@ -39,12 +39,6 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string slurp(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 void put(const fs::path& path, const std::string& bytes) {
   fs::create_directories(path.parent_path());
@@ -364,7 +358,7 @@ TEST(MalformedInputs, CliExitCodesAndMessages) {
   put(dir / "big/config.json", gpt2_config(8, 1000000000).dump());
   fs::create_symlink(tiny / "model.safetensors", dir / "big/model.safetensors");
   put(dir / "short.safetensors", "abc");
-  put(dir / "short/config.json", slurp(tiny / "config.json"));
+  put(dir / "short/config.json", test::read_if_exists(tiny / "config.json"));
   fs::create_symlink(dir / "short.safetensors", dir / "short/model.safetensors");
   put(dir / "texts.json", R"([{"Text": "fine"}, {"Txet": "typo"}])");
   put(dir / "tok/vocab.json", "{");
@@ -423,14 +417,14 @@ TEST(Outputs, AFailedRunLeavesNoOutputAndKeepsTheOldOne) {
   put(dir / "old.json", "previous result\n");
   result = test::run_cli("edit --config " + quote(dir / "bad.json") + " --out " + quote(dir / "old.json"));
   EXPECT_EQ(result.exit_code, 2) << result.err;
-  EXPECT_EQ(slurp(dir / "old.json"), "previous result\n");
+  EXPECT_EQ(test::read_if_exists(dir / "old.json"), "previous result\n");
   for (const auto& entry : fs::directory_iterator(dir))
     EXPECT_EQ(entry.path().string().find(".tmp."), std::string::npos) << entry.path();
 
   // write_file_atomic replaces whole files and leaves no temporary behind.
   write_file_atomic(dir / "atomic.txt", std::string(1 << 20, 'x'));
   write_file_atomic(dir / "atomic.txt", "short\n");
-  EXPECT_EQ(slurp(dir / "atomic.txt"), "short\n");
+  EXPECT_EQ(test::read_if_exists(dir / "atomic.txt"), "short\n");
   // An unwritable destination is an InputError naming it, not a crash or a partial file.
   put(dir / "blocker", "a file where a directory is needed");
   try {
@@ -537,25 +531,10 @@ TEST(Limits, LoadingAModelCostsAboutItsFileSize) {
 
 // ---- long runs: an interrupted batch resumes without losing or duplicating a case -------------
 
-pid_t spawn(const std::vector<std::string>& args, const fs::path& err) {
-  const char* env = std::getenv("ROME_CLI");
-  const std::string binary = env ? env : (std::string(ROME_BINARY_DIR) + "/rome-collapse");
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    std::freopen("/dev/null", "w", stdout);
-    std::freopen(err.c_str(), "w", stderr);
-    std::vector<char*> argv{const_cast<char*>(binary.c_str())};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(binary.c_str(), argv.data());
-    std::_Exit(127);
-  }
-  return pid;
-}
 
 std::vector<json> complete_result_lines(const fs::path& results) {
   std::vector<json> lines;
-  std::istringstream in(slurp(results));
+  std::istringstream in(test::read_if_exists(results));
   std::string line;
   while (std::getline(in, line))
     if (!line.empty() && !in.eof()) lines.push_back(json::parse(line));
@@ -582,15 +561,15 @@ TEST(LongRuns, BatchInterruptedBySigtermResumesWithoutLossOrDuplicates) {
   std::ofstream(dir / "run.json") << config.dump(1);
   const fs::path out = dir / "out", results = out / "results.jsonl";
 
-  const pid_t pid = spawn({"batch", "--config", (dir / "run.json").string(), "--out", out.string()}, dir / "term.err");
+  const pid_t pid = test::spawn_cli({"batch", "--config", (dir / "run.json").string(), "--out", out.string()}, dir / "term.err");
   bool saw_line = false;
   for (int i = 0; i < 6000 && !saw_line; ++i) {
-    saw_line = slurp(results).find('\n') != std::string::npos;
+    saw_line = test::read_if_exists(results).find('\n') != std::string::npos;
     int status = 0;
-    if (!saw_line && ::waitpid(pid, &status, WNOHANG) == pid) FAIL() << "batch ended early: " << slurp(dir / "term.err");
+    if (!saw_line && ::waitpid(pid, &status, WNOHANG) == pid) FAIL() << "batch ended early: " << test::read_if_exists(dir / "term.err");
     if (!saw_line) std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  ASSERT_TRUE(saw_line) << slurp(dir / "term.err");
+  ASSERT_TRUE(saw_line) << test::read_if_exists(dir / "term.err");
   ::kill(pid, SIGTERM);
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -600,7 +579,7 @@ TEST(LongRuns, BatchInterruptedBySigtermResumesWithoutLossOrDuplicates) {
   // failure status (the edit in flight is finished and written first).
   if (after_term < kCases) {
     const bool stopped = (WIFEXITED(status) && WEXITSTATUS(status) != 0) || WIFSIGNALED(status);
-    EXPECT_TRUE(stopped) << "SIGTERM did not stop the run with a failure status; stderr: " << slurp(dir / "term.err");
+    EXPECT_TRUE(stopped) << "SIGTERM did not stop the run with a failure status; stderr: " << test::read_if_exists(dir / "term.err");
   }
 
   auto resumed = test::run_cli("batch --config " + quote(dir / "run.json") + " --out " + quote(out));

@@ -10,6 +10,8 @@
 
 namespace rc::test {
 
+std::string cli_binary();
+
 std::filesystem::path shared_dir() {
   const char* env = std::getenv("ROME_SHARED");
   std::filesystem::path dir = env ? env : ROME_SHARED_DIR;
@@ -27,8 +29,7 @@ std::filesystem::path scratch_dir(const std::string& name) {
 }
 
 CommandResult run_cli(const std::string& args) {
-  const char* env = std::getenv("ROME_CLI");
-  std::string binary = env ? env : (std::string(ROME_BINARY_DIR) + "/rome-collapse");
+  const std::string binary = cli_binary();
   static int counter = 0;
   auto dir = std::filesystem::path(ROME_BINARY_DIR) / "test-scratch" / "cli-output";
   std::filesystem::create_directories(dir);
@@ -46,6 +47,33 @@ CommandResult run_cli(const std::string& args) {
   result.out = slurp(stem + ".out");
   result.err = slurp(stem + ".err");
   return result;
+}
+
+std::string cli_binary() {
+  const char* env = std::getenv("ROME_CLI");
+  return env ? env : (std::string(ROME_BINARY_DIR) + "/rome-collapse");
+}
+
+int spawn_cli(const std::vector<std::string>& args, const std::filesystem::path& err) {
+  const std::string binary = cli_binary();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stdout);
+    std::freopen(err.c_str(), "w", stderr);
+    std::vector<char*> argv{const_cast<char*>(binary.c_str())};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(binary.c_str(), argv.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+
+std::string read_if_exists(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace rc::test

@@ -24,6 +24,12 @@ struct CommandResult {
 // Runs the built rome-collapse binary with `args` (a shell-quoted string).
 CommandResult run_cli(const std::string& args);
 
+// Starts the CLI without waiting (to signal it); stdout to /dev/null, stderr to `err`.
+int spawn_cli(const std::vector<std::string>& args, const std::filesystem::path& err);
+
+// The file's bytes, or "" when it does not exist (yet): for polling files a running CLI writes.
+std::string read_if_exists(const std::filesystem::path& path);
+
 }  // namespace rc::test
 
 // Skips the current test with a clear message when ../shared is not there.
