@@ -5,8 +5,10 @@ Runs `rome-collapse edit` on the 24 cases of ../shared/reference/golden_referenc
 (δ, v*, u and the update stay float32; only the model's weights and activations change dtype) and prints
 the relative deviation of the denominator, ‖ΔW‖ and the perplexity after the edit from the golden
 (float32) values. Usage: python3 scripts/precision_report.py [--shared ../shared] [--binary build/rome-collapse]
+[--device cuda] [--jobs 8] (--jobs runs edits side by side: on a GPU most of an edit's time is process start-up).
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -17,36 +19,38 @@ parser.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), 
 parser.add_argument("--binary", default=os.path.join(os.path.dirname(__file__), "..", "build", "rome-collapse"))
 parser.add_argument("--dtypes", default="float32,bfloat16,float16")
 parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+parser.add_argument("--jobs", type=int, default=1, help="edits run at the same time")
 args = parser.parse_args()
 
 golden = json.load(open(os.path.join(args.shared, "reference", "golden_reference.json")))
-rows = []
-with tempfile.TemporaryDirectory() as scratch:
-    for dtype in args.dtypes.split(","):
-        for arch in ("gpt2", "llama", "gptj"):
-            for index, case in enumerate(golden[arch]["cases"]):
-                config = {
-                    "model": os.path.join(args.shared, "reference", "tiny-" + arch),
-                    "tokenizer": os.path.join(args.shared, "tokenizers", "gpt2"),
-                    "add_bos": False, "dtype": dtype, "device": args.device, "method": case["mode"], "request": case["request"],
-                    "hparams": {"layer": 1, "v_loss_layer": 3, "v_num_grad_steps": 20, "v_lr": 0.5,
-                                "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625},
-                    "context_templates": golden[arch]["context_templates"],
-                    "perplexity": {"texts": os.path.join(args.shared, "data", "me-ppl", "ME-PPL_50.json")},
-                    "record_timings": False,
-                }
-                path = os.path.join(scratch, "config.json")
-                json.dump(config, open(path, "w"))
-                out = os.path.join(scratch, "result.json")
-                done = subprocess.run([args.binary, "edit", "--config", path, "--out", out], capture_output=True, text=True)
-                if done.returncode != 0:
-                    rows.append((dtype, arch, index, case["mode"], None, None, None, done.stderr.strip().splitlines()[-1]))
-                    continue
-                result = json.load(open(out))
-                rel = lambda a, b: abs(a - b) / abs(b)
-                rows.append((dtype, arch, index, case["mode"], rel(result["denominator"], case["denominator"]),
-                             rel(result["update_norm"], case["update_norm"]),
-                             rel(result["perplexity_after"]["mean"], case["ppl_after"]), ""))
+def run_case(scratch, dtype, arch, index, case):
+    config = {
+        "model": os.path.join(args.shared, "reference", "tiny-" + arch),
+        "tokenizer": os.path.join(args.shared, "tokenizers", "gpt2"),
+        "add_bos": False, "dtype": dtype, "device": args.device, "method": case["mode"], "request": case["request"],
+        "hparams": {"layer": 1, "v_loss_layer": 3, "v_num_grad_steps": 20, "v_lr": 0.5,
+                    "v_weight_decay": 0.5, "clamp_norm_factor": 4, "kl_factor": 0.0625},
+        "context_templates": golden[arch]["context_templates"],
+        "perplexity": {"texts": os.path.join(args.shared, "data", "me-ppl", "ME-PPL_50.json")},
+        "record_timings": False,
+    }
+    stem = os.path.join(scratch, f"{dtype}-{arch}-{index}")
+    json.dump(config, open(stem + ".config.json", "w"))
+    done = subprocess.run([args.binary, "edit", "--config", stem + ".config.json", "--out", stem + ".result.json"],
+                          capture_output=True, text=True, env=dict(os.environ, ROME_THREADS="1") if args.jobs > 1 else None)
+    if done.returncode != 0:
+        return (dtype, arch, index, case["mode"], None, None, None, (done.stderr.strip().splitlines() or ["?"])[-1])
+    result = json.load(open(stem + ".result.json"))
+    rel = lambda a, b: abs(a - b) / abs(b)
+    return (dtype, arch, index, case["mode"], rel(result["denominator"], case["denominator"]),
+            rel(result["update_norm"], case["update_norm"]), rel(result["perplexity_after"]["mean"], case["ppl_after"]), "")
+
+
+with tempfile.TemporaryDirectory() as scratch, concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    jobs = [pool.submit(run_case, scratch, dtype, arch, index, case)
+            for dtype in args.dtypes.split(",") for arch in ("gpt2", "llama", "gptj")
+            for index, case in enumerate(golden[arch]["cases"])]
+    rows = [job.result() for job in jobs]
 
 print("| dtype | arch | cases | max rel. dev. denominator | max rel. dev. ‖ΔW‖ | max rel. dev. ppl after |")
 print("|---|---|---:|---:|---:|---:|")

@@ -3,6 +3,7 @@
 // ME-PPL_50 perplexity; stories260K greedy generation against llama2.c's expected text.
 #include <fstream>
 #include <sstream>
+#include <ATen/core/grad_mode.h>
 
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/eval/text_file.h"
@@ -16,17 +17,24 @@ namespace {
 
 class ReferenceForward : public ::testing::TestWithParam<std::string> {};
 
+// The reference checkpoint on test::test_device() (the CPU unless $ROME_TEST_DEVICE says cuda).
+std::unique_ptr<CausalLM> load_reference_model(const std::string& arch) {
+  LoadOptions options;
+  options.device = c10::Device(test::test_device());
+  return load_causal_lm(test::reference_model_dir(arch), options);
+}
+
 TEST_P(ReferenceForward, LogitsMatchGolden) {
   ROME_REQUIRE_SHARED();
   const std::string arch = GetParam();
-  auto model = load_causal_lm(test::reference_model_dir(arch));
+  auto model = load_reference_model(arch);
   const auto& golden = test::golden_reference()[arch];
   auto tokenizer = load_tokenizer(test::shared_path("tokenizers/gpt2"));
   for (const auto& prompt : golden["prompts"]) {
     std::vector<int64_t> ids = prompt["ids"].get<std::vector<int64_t>>();
     EXPECT_EQ(tokenizer->encode(prompt["text"].get<std::string>(), false), ids) << prompt["text"];
     at::NoGradGuard no_grad;
-    at::Tensor logits = model->forward(at::tensor(ids, at::kLong).unsqueeze(0)).logits[0];  // [T, V]
+    at::Tensor logits = model->forward(at::tensor(ids, at::kLong).unsqueeze(0).to(model->device())).logits[0].cpu();
     const std::string what = arch + " '" + prompt["text"].get<std::string>() + "'";
     EXPECT_TRUE(test::all_close_abs(logits.slice(1, 0, 64), test::json_to_tensor(prompt["logits_first64"]), 1e-4,
                                     what + " logits[:, :64]"));
@@ -48,13 +56,13 @@ TEST_P(ReferenceForward, LogitsMatchGolden) {
 TEST_P(ReferenceForward, PaddedBatchEqualsSingleRows) {
   ROME_REQUIRE_SHARED();
   const std::string arch = GetParam();
-  auto model = load_causal_lm(test::reference_model_dir(arch));
+  auto model = load_reference_model(arch);
   at::NoGradGuard no_grad;
   std::vector<std::vector<int64_t>> rows;
   for (const auto& prompt : test::golden_reference()[arch]["prompts"]) rows.push_back(prompt["ids"]);
   at::Tensor batch_logits = model->forward(pad_batch(rows, 50256, model->device())).logits;  // [B, T, V]
   for (size_t r = 0; r < rows.size(); ++r) {
-    at::Tensor single = model->forward(at::tensor(rows[r], at::kLong).unsqueeze(0)).logits[0];
+    at::Tensor single = model->forward(at::tensor(rows[r], at::kLong).unsqueeze(0).to(model->device())).logits[0];
     EXPECT_TRUE(test::all_close_abs(batch_logits[r].slice(0, 0, rows[r].size()), single, 1e-5,
                                     arch + " padded row " + std::to_string(r)));
   }
@@ -63,7 +71,7 @@ TEST_P(ReferenceForward, PaddedBatchEqualsSingleRows) {
 TEST_P(ReferenceForward, PerplexityMatchesGolden) {
   ROME_REQUIRE_SHARED();
   const std::string arch = GetParam();
-  auto model = load_causal_lm(test::reference_model_dir(arch));
+  auto model = load_reference_model(arch);
   auto tokenizer = load_tokenizer(test::shared_path("tokenizers/gpt2"));
   auto texts = read_texts(test::shared_path("data/me-ppl/ME-PPL_50.json"));
   PerplexitySummary summary =
@@ -78,9 +86,9 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceForward, ::testing::Values("gpt
 
 TEST(InterventionTest, CaptureAndDeltaAtPositions) {
   ROME_REQUIRE_SHARED();
-  auto model = load_causal_lm(test::reference_model_dir("gpt2"));
+  auto model = load_reference_model("gpt2");
   std::vector<int64_t> ids = test::golden_reference()["gpt2"]["prompts"][0]["ids"];
-  at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0);
+  at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
   const int64_t d_model = model->config().d_model;
 
   // Captured key at position 3 reproduces the captured output through W k + b.
@@ -95,7 +103,8 @@ TEST(InterventionTest, CaptureAndDeltaAtPositions) {
   // A zero delta changes nothing; a non-zero one changes only positions >= 3; gradients reach delta.
   ForwardOptions with_delta;
   with_delta.intervention.layer = 1;
-  with_delta.intervention.delta = at::zeros({d_model}, at::kFloat).requires_grad_(true);
+  with_delta.intervention.delta =
+      at::zeros({d_model}, at::TensorOptions().dtype(at::kFloat).device(model->device())).requires_grad_(true);
   with_delta.intervention.delta_at = {{0, 3}};
   at::Tensor base_logits = model->forward(batch).logits.detach();
   ForwardOutput zero = model->forward(batch, with_delta);
@@ -105,7 +114,7 @@ TEST(InterventionTest, CaptureAndDeltaAtPositions) {
   EXPECT_GT(with_delta.intervention.delta.grad().abs().sum().item<double>(), 0.0);
 
   // Not a constant vector: LayerNorm would remove a uniform shift.
-  with_delta.intervention.delta = at::linspace(-3.0, 3.0, d_model, at::kFloat);
+  with_delta.intervention.delta = at::linspace(-3.0, 3.0, d_model, at::kFloat).to(model->device());
   at::NoGradGuard no_grad;
   at::Tensor shifted = model->forward(batch, with_delta).logits;
   EXPECT_TRUE(test::all_close_abs(shifted[0].slice(0, 0, 3), base_logits[0].slice(0, 0, 3), 1e-6, "before delta"));
@@ -115,9 +124,9 @@ TEST(InterventionTest, CaptureAndDeltaAtPositions) {
 TEST(InterventionTest, StartLayerFromCachedHiddenEqualsFullForward) {
   ROME_REQUIRE_SHARED();
   for (const std::string arch : {"gpt2", "llama", "gptj"}) {
-    auto model = load_causal_lm(test::reference_model_dir(arch));
+    auto model = load_reference_model(arch);
     std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
-    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0);
+    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
     at::NoGradGuard no_grad;
     ForwardOptions keep;
     keep.keep_hidden_entering = 2;
@@ -135,9 +144,9 @@ TEST(InterventionTest, StartLayerFromCachedHiddenEqualsFullForward) {
 TEST(KVCacheTest, CachedPrefixGivesTheSameLogitsAndKeys) {
   ROME_REQUIRE_SHARED();
   for (const std::string arch : {"gpt2", "llama", "gptj"}) {
-    auto model = load_causal_lm(test::reference_model_dir(arch));
+    auto model = load_reference_model(arch);
     std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
-    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0);
+    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
     at::NoGradGuard no_grad;
     ForwardOptions full_options;
     full_options.intervention.layer = 2;
@@ -159,10 +168,59 @@ TEST(KVCacheTest, CachedPrefixGivesTheSameLogitsAndKeys) {
   }
 }
 
+// ROME's optimisation recomputes each row from its own start (ragged windows, left-aligned, with
+// per-row positions and each row's cache masked from that start on): the same logits as one
+// full forward pass, for learned (GPT-2) and rotary (Llama, GPT-J) positions.
+TEST(KVCacheTest, RaggedRowsEqualTheFullForwardPass) {
+  ROME_REQUIRE_SHARED();
+  for (const std::string arch : {"gpt2", "llama", "gptj"}) {
+    auto model = load_reference_model(arch);
+    const auto& prompts = test::golden_reference()[arch]["prompts"];
+    std::vector<std::vector<int64_t>> rows = {prompts[0]["ids"], prompts[1]["ids"]};
+    const std::vector<int64_t> starts = {1, 4};  // row r recomputes positions [starts[r], its end)
+    at::Tensor batch = pad_batch(rows, 0, model->device());
+    at::NoGradGuard no_grad;
+    ForwardOptions full_options;
+    KVCache cache;
+    full_options.record = &cache;
+    full_options.keep_hidden_entering = 2;
+    ForwardOutput full = model->forward(batch, full_options);
+
+    int64_t window = 0;
+    for (size_t r = 0; r < rows.size(); ++r) window = std::max<int64_t>(window, rows[r].size() - starts[r]);
+    const int64_t past = 4, n = static_cast<int64_t>(rows.size());
+    std::vector<int64_t> columns, valid;
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t j = 0; j < window; ++j) columns.push_back(std::min(starts[r] + j, batch.size(1) - 1));
+      for (int64_t p = 0; p < past; ++p) valid.push_back(p < starts[r]);
+    }
+    at::Tensor column_index = at::tensor(columns, at::kLong).view({n, window}).to(model->device());
+    KVCache past_cache;
+    past_cache.keys.resize(cache.keys.size());
+    past_cache.values.resize(cache.values.size());
+    for (size_t l = 2; l < cache.keys.size(); ++l) {
+      past_cache.keys[l] = cache.keys[l].slice(2, 0, past);
+      past_cache.values[l] = cache.values[l].slice(2, 0, past);
+    }
+    ForwardOptions ragged;
+    ragged.start_layer = 2;
+    ragged.initial_hidden = full.hidden_entering.gather(1, column_index.unsqueeze(-1).expand({n, window, model->config().d_model}));
+    ragged.row_positions = column_index;  // every real position is its own column
+    ragged.past = &past_cache;
+    ragged.past_valid = at::tensor(valid, at::kLong).view({n, past}).to(at::kBool).to(model->device());
+    at::Tensor logits = model->forward(batch.gather(1, column_index), ragged).logits;  // [n, window, V]
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t real = static_cast<int64_t>(rows[r].size()) - starts[r];
+      EXPECT_TRUE(test::all_close_abs(logits[r].slice(0, 0, real), full.logits[r].slice(0, starts[r], rows[r].size()),
+                                      1e-5, arch + " ragged row " + std::to_string(r)));
+    }
+  }
+}
+
 TEST(InterventionTest, PromptLongerThanContextIsRefused) {
   ROME_REQUIRE_SHARED();
-  auto model = load_causal_lm(test::reference_model_dir("gpt2"));
-  at::Tensor too_long = at::zeros({1, model->config().max_positions + 1}, at::kLong);
+  auto model = load_reference_model("gpt2");
+  at::Tensor too_long = at::zeros({1, model->config().max_positions + 1}, at::kLong).to(model->device());
   at::NoGradGuard no_grad;
   EXPECT_THROW(model->forward(too_long), InputError);
 }

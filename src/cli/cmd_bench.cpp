@@ -17,6 +17,7 @@
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/rome/edit.h"
+#include "rome_collapse/rome/value.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 
@@ -54,7 +55,7 @@ struct BenchModel {
 };
 
 BenchModel make_model(const std::string& name, const std::filesystem::path& shared, int64_t steps_override,
-                      const std::string& device) {
+                      const std::string& device, const std::string& dtype) {
   BenchModel bench;
   bench.name = name;
   auto& hp = bench.config.hparams;
@@ -66,29 +67,35 @@ BenchModel make_model(const std::string& name, const std::filesystem::path& shar
     return path.string();
   };
   if (name == "tiny-gpt2" || name == "tiny-llama" || name == "tiny-gptj") {
-    bench.loaded = load_model(need_shared("reference/" + name), need_shared("tokenizers/gpt2"), false, device, "float32");
+    bench.loaded = load_model(need_shared("reference/" + name), need_shared("tokenizers/gpt2"), false, device, dtype);
     hp.layer = 1, hp.v_loss_layer = 3, hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
     bench.perplexity_texts = need_shared("data/me-ppl/ME-PPL_50.json");
   } else if (name == "stories260K") {
     bench.loaded = load_model(need_shared("models/stories260K/stories260K.bin"),
-                              need_shared("models/stories260K/tok512.model"), std::nullopt, device, "float32");
+                              need_shared("models/stories260K/tok512.model"), std::nullopt, device, dtype);
     hp.layer = 2, hp.v_loss_layer = 4, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
     request = {"{} loved to play with her", "Lily", "dog", "toys"};
-  } else if (name == "gpt2-small" || name == "gpt2-xl") {
-    // Seeded random weights in the real shapes; the embedded byte-level tokenizer drives them
-    // (ids < 1000), the vocabulary keeps GPT-2's 50257 so the LM head costs what it really costs.
+  } else if (name == "gpt2-small" || name == "gpt2-xl" || name == "gptj-6b" || name == "llama2-7b") {
+    // Seeded random weights in the real shapes, created on the device; the embedded byte-level
+    // tokenizer drives them (ids < 1000), the vocabulary keeps the real size so that the LM head
+    // costs what it really costs. Layers and steps: the paper's hparams (configs/).
     bench.loaded.tokenizer = builtin_demo_tokenizer();
     LoadOptions options;
     options.device = parse_device(device);
-    bench.loaded.model = build_causal_lm(random_checkpoint(gpt2_shape(name, 50257), 0), options);
+    options.dtype = parse_dtype(dtype);
+    check_dtype_supported(options.dtype, options.device, dtype);
+    bench.loaded.model = build_causal_lm(random_checkpoint(model_shape(name), 0, options.device), options);
     bench.loaded.model_path = "random:" + name;
     bench.loaded.tokenizer_path = "builtin:demo-gpt2";
     configure_threads(&bench.loaded.model->config());
-    const bool xl = name == "gpt2-xl";
-    hp.layer = xl ? 17 : 5, hp.v_loss_layer = xl ? 47 : 11, hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
+    hp.v_num_grad_steps = 20, hp.v_weight_decay = 0.5;
+    if (name == "gpt2-small") hp.layer = 5, hp.v_loss_layer = 11;
+    if (name == "gpt2-xl") hp.layer = 17, hp.v_loss_layer = 47;
+    if (name == "gptj-6b") hp.layer = 5, hp.v_loss_layer = 27;
+    if (name == "llama2-7b") hp.layer = 5, hp.v_loss_layer = 31, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
   } else {
     throw InputError("bench: unknown model \"" + name +
-                     "\" (tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl)");
+                     "\" (tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl, gptj-6b, llama2-7b)");
   }
   hp.early_stop_loss = -1;  // every edit runs all its steps, so the two paths do equal work
   if (steps_override > 0) hp.v_num_grad_steps = steps_override;
@@ -114,17 +121,39 @@ int run_bench(const BenchArgs& args) {
   for (const auto& name : names) {
     reset_peak_memory();
     auto load_start = std::chrono::steady_clock::now();
-    BenchModel bench = make_model(name, args.shared, args.steps, args.device);
+    BenchModel bench = make_model(name, args.shared, args.steps, args.device, args.dtype);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
     const double load_peak = peak_memory_mib();
     EditContext context;
     context.templates = kTemplates;
-    nlohmann::json entry = {{"model", name}, {"device", args.device}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
+    nlohmann::json entry = {{"model", name}, {"device", args.device}, {"dtype", args.dtype}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
                             {"threads", at::get_num_threads()}, {"layer", bench.config.hparams.layer},
                             {"steps", bench.config.hparams.v_num_grad_steps}};
+    {  // the work per step: reference rows x padded length against rows x ragged window
+      const ValueBatch batch = build_value_batch(*bench.loaded.tokenizer, bench.loaded.add_bos, bench.config.request,
+                                                 kTemplates, bench.config.hparams.kl_prompt, bench.loaded.pad_id(),
+                                                 c10::Device(c10::kCPU));
+      int64_t window = 0;
+      for (size_t r = 0; r < batch.lengths.size(); ++r) window = std::max(window, batch.lengths[r] - batch.lookup[r]);
+      entry["rows"] = batch.ids.size(0);
+      entry["padded_length"] = batch.ids.size(1);
+      entry["window"] = window;
+    }
     std::map<std::string, nlohmann::json> per_path;
     at::Tensor v_star[2];
     double edit_seconds[2] = {0, 0};
+    if (args.device != "cpu") {
+      // Untimed warm-up of both paths (2 steps): the first CUDA work of a process pays for the
+      // library handles and kernel loading, which would otherwise land on whichever path runs first.
+      EditConfig warmup = bench.config;
+      warmup.hparams.v_num_grad_steps = 2;
+      for (ForwardPath path : {ForwardPath::Reference, ForwardPath::Optimized}) {
+        EditOptions options;
+        options.path = path;
+        options.evaluate = false;
+        run_edit(bench.loaded, warmup, warmup.request, EditMethod::CRome, context, options);
+      }
+    }
     for (int p = 0; p < 2; ++p) {
       const ForwardPath path = p == 0 ? ForwardPath::Reference : ForwardPath::Optimized;
       const std::string path_name = p == 0 ? "reference" : "optimized";

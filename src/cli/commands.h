@@ -96,6 +96,7 @@ struct BenchArgs {
   int64_t steps = 0;     // 0: each model's own setting
   int64_t repeats = 1;
   std::string device = "cpu";
+  std::string dtype = "float32";  // weights and activations; δ and the update stay float32
   std::string out;
 };
 int run_bench(const BenchArgs& args);

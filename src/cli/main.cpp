@@ -125,13 +125,15 @@ int main(int argc, char** argv) {
   rc::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "time edits: optimised path vs the paper's reference-equivalent path");
   bench->add_option("--models", bench_args.models,
-                    "comma list of tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl");
+                    "comma list of tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl, gptj-6b, llama2-7b");
   bench->add_option("--shared", bench_args.shared, "the shared/ folder with the reference models");
   bench->add_option("--steps", bench_args.steps, "optimisation iterations (default: each model's setting)")
       ->check(CLI::NonNegativeNumber);
   bench->add_option("--repeats", bench_args.repeats, "edits per path; the fastest is reported")
       ->check(CLI::Range(int64_t{1}, int64_t{100}));
   bench->add_option("--device", bench_args.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  bench->add_option("--dtype", bench_args.dtype, "model dtype (default float32)")
+      ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   bench->add_option("--out", bench_args.out, "JSON report");
 
   // [register: new subcommands are added above this line, one block each]

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 
 #include "architectures.h"
 #include "rome_collapse/model/checkpoint.h"
@@ -99,12 +100,26 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
   ForwardOutput out;
   const int64_t seq_len = ids.size(1);
   const int64_t past_length = options.past ? options.past->length(options.start_layer) : 0;
-  if (options.position_offset + past_length + seq_len > config_.max_positions)
+  // Explicit per-row positions were placed by the caller inside the rows it was given.
+  if (!options.row_positions.defined() && options.position_offset + past_length + seq_len > config_.max_positions)
     throw InputError(source_ + ": sequence of " + std::to_string(seq_len) + " tokens (position offset " +
                      std::to_string(options.position_offset) + ") exceeds the model's context of " +
                      std::to_string(config_.max_positions) + " positions");
   const int64_t first_position = options.position_offset + past_length;
-  at::Tensor positions = at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
+  at::Tensor positions = options.row_positions.defined()
+                             ? options.row_positions
+                             : at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
+  at::Tensor blocked;  // ragged caches: each row's own cached positions, then causal among the new ones
+  if (options.past_valid.defined()) {
+    TORCH_CHECK(options.past_valid.size(1) == past_length, "forward: past_valid covers ", options.past_valid.size(1),
+                " cached positions, the cache has ", past_length);
+    const int64_t batch = ids.size(0);
+    at::Tensor past_blocked = options.past_valid.logical_not().view({batch, 1, 1, past_length}).expand(
+        {batch, 1, seq_len, past_length});
+    at::Tensor future = at::ones({seq_len, seq_len}, ids.options().dtype(at::kBool)).triu(1).expand(
+        {batch, 1, seq_len, seq_len});
+    blocked = at::cat({past_blocked, future}, -1);  // [B, 1, T, P + T]
+  }
   if (options.record) {
     options.record->keys.resize(config_.n_layers);
     options.record->values.resize(config_.n_layers);
@@ -126,6 +141,7 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
       kv.past_values = options.past->values[layer];
     }
     kv.record = options.record != nullptr;
+    kv.blocked = blocked;
     hidden = block(layer, hidden, positions, options.intervention, out, kv);
     if (options.record) {
       options.record->keys[layer] = kv.keys;
@@ -168,6 +184,10 @@ at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t
   for (size_t row = 0; row < sequences.size(); ++row)
     for (size_t col = 0; col < sequences[row].size(); ++col) accessor[row][col] = sequences[row][col];
   return batch.to(device);
+}
+
+void synchronize(c10::Device device) {
+  if (device.is_cuda()) torch::cuda::synchronize(device.has_index() ? device.index() : -1);
 }
 
 void configure_threads(const ModelConfig* model) {

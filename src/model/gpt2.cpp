@@ -23,8 +23,9 @@ class Gpt2 final : public CausalLM {
 
  protected:
   at::Tensor embed(const at::Tensor& ids, const at::Tensor& positions) const override {
+    at::Tensor position_embedding = at::embedding(weight("transformer.wpe.weight"), positions);  // [T, D] or [B, T, D]
     return at::embedding(weight("transformer.wte.weight"), ids) +
-           at::embedding(weight("transformer.wpe.weight"), positions).unsqueeze(0);  // [B, T, D]
+           (positions.dim() == 1 ? position_embedding.unsqueeze(0) : position_embedding);  // [B, T, D]
   }
 
   at::Tensor block(int64_t layer, const at::Tensor& x, const at::Tensor& positions, const Intervention& intervention,
@@ -37,7 +38,7 @@ class Gpt2 final : public CausalLM {
     at::Tensor k = split_heads(parts[1], heads, head_dim), v = split_heads(parts[2], heads, head_dim);
     attach_cache(k, v, kv);
     at::Tensor attended =
-        causal_attention(split_heads(parts[0], heads, head_dim), k, v, 1.0 / std::sqrt(double(head_dim)));
+        causal_attention(split_heads(parts[0], heads, head_dim), k, v, 1.0 / std::sqrt(double(head_dim)), kv.blocked);
     at::Tensor residual =
         x + at::linear(merge_heads(attended), weight(p + "attn.c_proj.weight"), weight(p + "attn.c_proj.bias"));
     at::Tensor key = gelu_new(at::linear(layer_norm(residual, p + "ln_2"), weight(p + "mlp.c_fc.weight"),

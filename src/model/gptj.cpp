@@ -35,7 +35,7 @@ class GptJ final : public CausalLM {
     // GPT-J computes attention in float32 and divides by sqrt(head_dim).
     const at::ScalarType attention_type = at_least_float(x.scalar_type());
     at::Tensor attended = causal_attention(q.to(attention_type), k.to(attention_type), v.to(attention_type),
-                                           1.0 / std::sqrt(double(head_dim)))
+                                           1.0 / std::sqrt(double(head_dim)), kv.blocked)
                               .to(x.scalar_type());
     at::Tensor attn_out = at::linear(merge_heads(attended), weight(p + "attn.out_proj.weight"));
     at::Tensor key =
@@ -62,9 +62,10 @@ class GptJ final : public CausalLM {
     at::Tensor inv_freq =
         1.0 / at::pow(config_.rope_theta, at::arange(0, rotary_dim, 2, f32.dtype(at::kLong)).to(at::kFloat) /
                                               double(rotary_dim));                           // [rd/2]
-    at::Tensor angles = at::outer(positions.to(at::kFloat), inv_freq);                      // [T, rd/2]
-    at::Tensor sin = angles.sin().repeat_interleave(2, -1).unsqueeze(0).unsqueeze(2);      // [1, T, 1, rd]
-    at::Tensor cos = angles.cos().repeat_interleave(2, -1).unsqueeze(0).unsqueeze(2);
+    at::Tensor angles = rotary_angles(positions, inv_freq);  // [T, rd/2] or [B, T, rd/2]
+    if (angles.dim() == 2) angles = angles.unsqueeze(0);
+    at::Tensor sin = angles.sin().repeat_interleave(2, -1).unsqueeze(2);  // [1 or B, T, 1, rd]
+    at::Tensor cos = angles.cos().repeat_interleave(2, -1).unsqueeze(2);
     at::Tensor rot = x.slice(-1, 0, rotary_dim);
     at::Tensor pass = x.slice(-1, rotary_dim);
     at::Tensor even = rot.slice(-1, 0, c10::nullopt, 2), odd = rot.slice(-1, 1, c10::nullopt, 2);

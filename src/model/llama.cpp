@@ -26,7 +26,7 @@ class Llama final : public CausalLM {
     at::Tensor q = split_heads(at::linear(h, weight(p + "self_attn.q_proj.weight")), heads, head_dim);
     at::Tensor k = split_heads(at::linear(h, weight(p + "self_attn.k_proj.weight")), kv_heads, head_dim);
     at::Tensor v = split_heads(at::linear(h, weight(p + "self_attn.v_proj.weight")), kv_heads, head_dim);
-    auto [cos, sin] = rotary_tables(positions, x);  // [1, 1, T, hd]
+    auto [cos, sin] = rotary_tables(positions, x);  // [1, 1, T, hd] or [B, 1, T, hd]
     q = q * cos + rotate_half(q) * sin;
     k = k * cos + rotate_half(k) * sin;
     attach_cache(k, v, kv);
@@ -34,7 +34,7 @@ class Llama final : public CausalLM {
       k = k.repeat_interleave(heads / kv_heads, 1);
       v = v.repeat_interleave(heads / kv_heads, 1);
     }
-    at::Tensor attended = causal_attention(q, k, v, 1.0 / std::sqrt(double(head_dim)));
+    at::Tensor attended = causal_attention(q, k, v, 1.0 / std::sqrt(double(head_dim)), kv.blocked);
     at::Tensor residual = x + at::linear(merge_heads(attended), weight(p + "self_attn.o_proj.weight"));
     at::Tensor m = rms_norm(residual, p + "post_attention_layernorm.weight");
     at::Tensor key = at::silu(at::linear(m, weight(p + "mlp.gate_proj.weight"))) *
@@ -69,9 +69,10 @@ class Llama final : public CausalLM {
     auto opts = at::TensorOptions().device(like.device());
     at::Tensor inv_freq =
         1.0 / at::pow(config_.rope_theta, at::arange(0, dim, 2, opts.dtype(at::kLong)).to(at::kFloat) / double(dim));
-    at::Tensor freqs = at::outer(positions.to(at::kFloat), inv_freq);  // [T, hd/2]
-    at::Tensor emb = at::cat({freqs, freqs}, -1);                      // [T, hd]
-    return {emb.cos().to(like.scalar_type()).view({1, 1, -1, dim}), emb.sin().to(like.scalar_type()).view({1, 1, -1, dim})};
+    at::Tensor freqs = rotary_angles(positions, inv_freq);  // [T, hd/2] or [B, T, hd/2]
+    at::Tensor emb = at::cat({freqs, freqs}, -1);           // [T, hd] or [B, T, hd]
+    if (emb.dim() == 2) emb = emb.unsqueeze(0);
+    return {emb.cos().to(like.scalar_type()).unsqueeze(1), emb.sin().to(like.scalar_type()).unsqueeze(1)};
   }
 };
 

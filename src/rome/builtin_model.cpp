@@ -117,7 +117,7 @@ LoadedModel load_builtin_model(const std::string& name, std::optional<bool> add_
   options.device = parse_device(device);
   options.dtype = parse_dtype(dtype);
   check_dtype_supported(options.dtype, options.device, dtype);
-  ModelConfig config = gpt2_shape("gpt2-tiny", loaded.tokenizer->vocab_size());
+  ModelConfig config = model_shape("gpt2-tiny", loaded.tokenizer->vocab_size());
   loaded.model = build_causal_lm(random_checkpoint(config, /*seed=*/0), options);
   loaded.add_bos = add_bos.value_or(loaded.tokenizer->adds_bos_by_default());
   return loaded;

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/rome/update.h"

@@ -206,15 +206,18 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   outcome.keys = batch.keys_match_template_encoding
                      ? key_set_from_rows(capture.keys.slice(0, 0, templates_n), capture.outputs.slice(0, 0, templates_n))
                      : compute_keys(model, tokenizer, loaded.add_bos, request, context.templates, hp.layer, loaded.pad_id());
+  if (config.record_timings) synchronize(model.device());
   timings["keys"] = seconds_since(start);
 
   start = Clock::now();
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   at::Tensor left = left_vector(outcome.keys.prefixed_key_mean, moment, hp.mom2_ridge);
+  if (config.record_timings) synchronize(model.device());
   timings["left_vector"] = seconds_since(start);
 
   start = Clock::now();
   outcome.value = optimize_value(model, batch, capture, hp, options.path);
+  if (config.record_timings) synchronize(model.device());
   timings["value_optimisation"] = seconds_since(start);
 
   start = Clock::now();
@@ -222,6 +225,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   at::Tensor original_weight = model.rewrite_weight(hp.layer);
   at::Tensor delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
   const double weight_norm = original_weight.to(at::kDouble).norm().item<double>();
+  if (config.record_timings) synchronize(model.device());
   timings["update"] = seconds_since(start);
 
   outcome.subject_last_index = subject_last_index(tokenizer, loaded.add_bos, request.prompt, request.subject);
@@ -291,6 +295,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
     throw;
   }
   if (!options.keep_update) loaded.model->set_rewrite_weight(hp.layer, original_weight);
+  if (config.record_timings) synchronize(model.device());
   timings["evaluation"] = seconds_since(start);
 
   result["context_templates"] = context.templates;

@@ -1,6 +1,7 @@
 #include "rome_collapse/rome/keys.h"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "rome_collapse/util/error.h"
 

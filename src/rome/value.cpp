@@ -6,7 +6,9 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/model/captured_step.h"
 #include "rome_collapse/rome/keys.h"
 #include "rome_collapse/util/error.h"
 
@@ -76,7 +78,7 @@ namespace {
 
 // Adam exactly as torch.optim.Adam (default betas, eps, no weight decay) updates one parameter.
 struct AdamState {
-  double lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double lr = 1e-3, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   at::Tensor exp_avg, exp_avg_sq;
   int64_t step = 0;
   void update(at::Tensor& param, const at::Tensor& grad) {
@@ -92,9 +94,27 @@ struct AdamState {
     at::Tensor denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
     param.addcdiv_(exp_avg, denom, -lr / bias_correction1);
   }
+
+  // The same update with the step count and the bias corrections as device tensors: a captured
+  // step freezes host scalars into the graph. prepare_on_device() runs before the capture.
+  at::Tensor device_step, negative_lr;  // float64 scalars on the parameter's device
+  void prepare_on_device(const at::Tensor& param) {
+    const auto options = at::TensorOptions().dtype(at::kDouble).device(param.device());
+    device_step = at::scalar_tensor(double(step), options);
+    negative_lr = at::scalar_tensor(-lr, options);
+  }
+  void update_on_device(at::Tensor& param, const at::Tensor& grad) {
+    device_step.add_(1);
+    exp_avg.mul_(beta1).add_(grad, 1 - beta1);
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2);
+    at::Tensor bias_correction1 = 1 - at::pow(beta1, device_step);
+    at::Tensor bias_correction2_sqrt = at::sqrt(1 - at::pow(beta2, device_step));
+    at::Tensor denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps);
+    param.addcdiv_(exp_avg * (negative_lr / bias_correction1), denom);  // (value * t1) / t2, as above
+  }
 };
 
-// One forward pass of the optimisation loop over a subset of the batch's rows. Everything that
+// One forward pass of the optimisation loop. Everything that
 // does not change between iterations (ids, cached hidden states, index tensors) is built once.
 struct ForwardPass {
   at::Tensor ids;                      // [n, T_pass]
@@ -104,43 +124,6 @@ struct ForwardPass {
   PositionIndex hidden_targets;        // v_loss_layer < last layer: targets gathered from hidden states
   std::shared_ptr<KVCache> past;       // the rows' cached positions before the recomputed span
 };
-
-// Each pass recomputes, for its rows, the positions from the earliest subject index to the longest
-// row (earlier positions come from the KV cache). Rows sorted by subject index are split into at
-// most three contiguous groups when that removes at least 15% of the recomputed tokens (the cost
-// of layers >= L is proportional to them). CPU only: on a GPU one larger batch beats several.
-std::vector<std::vector<int64_t>> recompute_buckets(const std::vector<int64_t>& starts,
-                                                    const std::vector<int64_t>& lengths, bool allow_split) {
-  const int64_t n = static_cast<int64_t>(lengths.size());
-  std::vector<int64_t> order(n);
-  for (int64_t i = 0; i < n; ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return starts[a] < starts[b]; });
-  auto cost = [&](int64_t from, int64_t to) {  // recomputed tokens of rows [from, to) in sorted order
-    int64_t longest = 0;
-    for (int64_t i = from; i < to; ++i) longest = std::max(longest, lengths[order[i]]);
-    return (to - from) * (longest - starts[order[from]]);
-  };
-  const int64_t single = cost(0, n);
-  std::vector<int64_t> best_cuts;
-  int64_t best = single;
-  if (allow_split) {
-    for (int64_t a = 1; a < n; ++a) {
-      if (cost(0, a) + cost(a, n) < best) best = cost(0, a) + cost(a, n), best_cuts = {a};
-      for (int64_t b = a + 1; b < n; ++b)
-        if (cost(0, a) + cost(a, b) + cost(b, n) < best) best = cost(0, a) + cost(a, b) + cost(b, n), best_cuts = {a, b};
-    }
-    if (best > 0.85 * double(single)) best_cuts.clear();
-  }
-  std::vector<std::vector<int64_t>> buckets;
-  int64_t from = 0;
-  best_cuts.push_back(n);
-  for (int64_t cut : best_cuts) {
-    buckets.emplace_back(order.begin() + from, order.begin() + cut);
-    std::sort(buckets.back().begin(), buckets.back().end());
-    from = cut;
-  }
-  return buckets;
-}
 
 }  // namespace
 
@@ -158,7 +141,8 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
 
   at::Tensor delta = at::zeros({model.config().d_model}, at::TensorOptions().dtype(at::kFloat).device(device));
   delta.requires_grad_(true);
-  AdamState adam{hparams.v_lr};
+  AdamState adam;
+  adam.lr = hparams.v_lr;
 
   // Logits at the last |t| real positions of each rewriting row predict the target tokens; the
   // KL term reads the KL prompt's subject position. Passes list targets in their own row order,
@@ -182,60 +166,67 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     if (!loss_at_last_layer) pass.options.keep_hidden_entering = hparams.v_loss_layer + 1;
     passes.push_back(std::move(pass));
   } else {
-    std::vector<int64_t> all_rows(batch.lookup.size());
-    for (size_t i = 0; i < all_rows.size(); ++i) all_rows[i] = static_cast<int64_t>(i);
-    for (const auto& bucket : recompute_buckets(batch.lookup, batch.lengths, device.is_cpu())) {
-      ForwardPass pass;
-      int64_t longest = 0, first = batch.lengths[bucket[0]];  // recompute positions [first, longest)
-      for (int64_t row : bucket) {
-        longest = std::max(longest, batch.lengths[row]);
-        first = std::min(first, batch.lookup[row]);
+    // Ragged windows: row r recomputes only positions [lookup_r, length_r), from its subject's last
+    // token (where δ enters) to its end; everything before is δ-free and comes from the capture
+    // pass's KV cache. Rows differ in where their window starts (their templates' prefixes), so the
+    // windows are left-aligned into one [R + 1, W] pass with per-row positions, and each row's
+    // cache is masked from its own window's start on. One pass, the fewest recomputed tokens.
+    const int64_t n_rows = static_cast<int64_t>(batch.lookup.size()), padded_length = batch.ids.size(1);
+    int64_t window = 0, past = 0;
+    for (int64_t r = 0; r < n_rows; ++r) {
+      window = std::max(window, batch.lengths[r] - batch.lookup[r]);
+      past = std::max(past, batch.lookup[r]);
+    }
+    std::vector<int64_t> columns, positions, past_valid;
+    for (int64_t r = 0; r < n_rows; ++r) {
+      for (int64_t j = 0; j < window; ++j) {
+        positions.push_back(batch.lookup[r] + j);
+        // Beyond a row's end: any column will do, those positions only precede nothing real.
+        columns.push_back(std::min(batch.lookup[r] + j, padded_length - 1));
       }
-      at::Tensor row_index = at::tensor(bucket, at::kLong).to(device);
-      pass.ids = batch.ids.index_select(0, row_index).slice(1, first, longest);
-      auto& options = pass.options;
-      options.start_layer = layer;
-      options.initial_hidden = capture.hidden_entering.index_select(0, row_index).slice(1, first, longest);
+      for (int64_t p = 0; p < past; ++p) past_valid.push_back(p < batch.lookup[r] ? 1 : 0);
+    }
+    ForwardPass pass;
+    const at::Tensor column_index = at::tensor(columns, at::kLong).view({n_rows, window}).to(device);
+    pass.ids = batch.ids.gather(1, column_index);
+    auto& options = pass.options;
+    options.start_layer = layer;
+    options.initial_hidden = capture.hidden_entering.gather(
+        1, column_index.unsqueeze(-1).expand({n_rows, window, capture.hidden_entering.size(2)}));
+    options.row_positions = at::tensor(positions, at::kLong).view({n_rows, window}).to(device);
+    if (past > 0) {
       pass.past = std::make_shared<KVCache>();
       pass.past->keys.resize(capture.cache.keys.size());
       pass.past->values.resize(capture.cache.values.size());
       for (size_t l = static_cast<size_t>(layer); l < capture.cache.keys.size(); ++l) {
-        pass.past->keys[l] = capture.cache.keys[l].index_select(0, row_index).slice(2, 0, first);
-        pass.past->values[l] = capture.cache.values[l].index_select(0, row_index).slice(2, 0, first);
+        pass.past->keys[l] = capture.cache.keys[l].slice(2, 0, past);
+        pass.past->values[l] = capture.cache.values[l].slice(2, 0, past);
       }
       options.past = pass.past.get();
-      options.intervention.layer = layer;
-      std::vector<TokenPosition> target_positions;
-      int64_t kl_local_row = -1;
-      for (size_t local = 0; local < bucket.size(); ++local) {
-        const int64_t row = bucket[local];
-        options.intervention.delta_at.push_back({static_cast<int64_t>(local), batch.lookup[row] - first});
-        if (row == rows) {
-          kl_local_row = static_cast<int64_t>(local);
-          continue;
-        }
-        for (auto tp : targets_of_row(row, static_cast<int64_t>(local))) {
-          tp.position -= first;
-          target_positions.push_back(tp);
-        }
-        for (int64_t j = 0; j < n_targets; ++j) label_order.push_back(j);
-      }
-      options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, pass.ids.size(0),
-                                                            pass.ids.size(1), at::kFloat, device);
-      pass.target_count = static_cast<int64_t>(target_positions.size());
-      pass.has_kl_row = kl_local_row >= 0;
-      std::vector<TokenPosition> logits_positions = loss_at_last_layer ? target_positions : std::vector<TokenPosition>{};
-      if (pass.has_kl_row) logits_positions.push_back({kl_local_row, batch.lookup[rows] - first});
-      if (!loss_at_last_layer) {
-        options.keep_hidden_entering = hparams.v_loss_layer + 1;
-        pass.hidden_targets = make_position_index(target_positions, device);
-      }
-      if (logits_positions.empty())
-        options.compute_logits = false;
-      else
-        options.logits_index = make_position_index(logits_positions, device);
-      passes.push_back(std::move(pass));
+      options.past_valid = at::tensor(past_valid, at::kLong).view({n_rows, past}).to(at::kBool).to(device);
     }
+    options.intervention.layer = layer;
+    std::vector<TokenPosition> target_positions;
+    for (int64_t r = 0; r < n_rows; ++r) {
+      options.intervention.delta_at.push_back({r, 0});
+      if (r == rows) continue;  // the KL prompt
+      for (auto tp : targets_of_row(r, r)) {
+        tp.position -= batch.lookup[r];
+        target_positions.push_back(tp);
+      }
+      for (int64_t j = 0; j < n_targets; ++j) label_order.push_back(j);
+    }
+    options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, n_rows, window, at::kFloat, device);
+    pass.target_count = static_cast<int64_t>(target_positions.size());
+    pass.has_kl_row = true;
+    std::vector<TokenPosition> logits_positions = loss_at_last_layer ? target_positions : std::vector<TokenPosition>{};
+    logits_positions.push_back({rows, 0});
+    if (!loss_at_last_layer) {
+      options.keep_hidden_entering = hparams.v_loss_layer + 1;
+      pass.hidden_targets = make_position_index(target_positions, device);
+    }
+    options.logits_index = make_position_index(logits_positions, device);
+    passes.push_back(std::move(pass));
   }
   std::vector<int64_t> target_labels;
   if (path == ForwardPath::Reference) {
@@ -252,7 +243,10 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
 
   at::Tensor kl_init;               // [V] log P_init at the KL position
   std::vector<at::Tensor> history;  // per iteration [loss, nll, kl, wd], read back once at the end
-  for (int64_t it = 0; it < hparams.v_num_grad_steps; ++it) {
+  const at::Tensor max_norm = hparams.clamp_norm_factor * target_init_norm;
+
+  // The loss at the current δ (`loss` keeps its autograd graph to δ) and its terms, stacked.
+  auto compute_loss = [&](at::Tensor& loss) {
     std::vector<at::Tensor> target_logit_parts;  // [n_pass_targets, V] each
     at::Tensor kl_logits;                        // [V]
     for (auto& pass : passes) {
@@ -281,27 +275,70 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     at::Tensor nll = -token_log_probs.sum() / double(n_targets * rows);  // mean over rows of per-row mean
     at::Tensor kl = hparams.kl_factor * (kl_log_probs.exp() * (kl_log_probs - kl_init)).sum();
     at::Tensor weight_decay = hparams.v_weight_decay * (delta.norm() / target_init_norm.pow(2));
-    at::Tensor loss = nll + kl + weight_decay;
-
-    const double loss_value = loss.item<double>();  // the one host sync per step: the early-stop test
-    history.push_back(at::stack({loss.detach(), nll.detach(), kl.detach(), weight_decay.detach()}));
+    loss = nll + kl + weight_decay;
+    return at::stack({loss.detach(), nll.detach(), kl.detach(), weight_decay.detach()});
+  };
+  // One Adam step on δ, then the projection into the ball of radius clamp_norm_factor·‖target_init‖
+  // (without a host sync).
+  auto take_step = [&](const at::Tensor& loss, bool captured) {
+    at::Tensor grad = torch::autograd::grad({loss}, {delta})[0];
+    at::NoGradGuard no_grad;
+    if (captured)
+      adam.update_on_device(delta, grad);
+    else
+      adam.update(delta, grad);
+    delta.mul_(at::clamp_max(max_norm / delta.norm(), 1.0));
+  };
+  // Records an iteration's terms; the loss read back is the one host sync per step (early stop).
+  auto record = [&](const at::Tensor& terms, int64_t it) {
+    const double loss_value = terms[0].item<double>();
+    history.push_back(terms);
     result.iterations = it + 1;
     if (!std::isfinite(loss_value))
       throw NumericError("v* optimisation: the loss became " + std::to_string(loss_value) + " at iteration " +
                          std::to_string(it) + " (check hparams such as v_lr and v_weight_decay, and the model's weights)");
-    if (loss_value < hparams.early_stop_loss) break;
-    if (it == hparams.v_num_grad_steps - 1) break;  // the last iteration takes no step
+    return loss_value;
+  };
 
-    at::Tensor grad = torch::autograd::grad({loss}, {delta})[0];
-    {
-      at::NoGradGuard no_grad;
-      adam.update(delta, grad);
+  // On a GPU the optimised path replays one captured step from the third iteration on: the first
+  // sets the KL reference, the first two warm up what the capture must find ready. The captured
+  // step also updates δ; an iteration that stops (early stop, last) puts the δ it was given back.
+  constexpr int64_t kEagerIterations = 2;
+  CapturedStep captured_step(device, path == ForwardPath::Optimized && hparams.v_num_grad_steps > kEagerIterations + 1);
+  at::Tensor captured_terms, delta_before_step;
+  for (int64_t it = 0; it < hparams.v_num_grad_steps; ++it) {
+    const bool last = it == hparams.v_num_grad_steps - 1;
+    if (captured_step.active() && it >= kEagerIterations) {
+      if (!captured_step.captured()) {
+        adam.prepare_on_device(delta);
+        delta_before_step = at::empty_like(delta.detach());
+        captured_step.capture([&] {
+          {
+            at::NoGradGuard no_grad;
+            delta_before_step.copy_(delta);
+          }
+          at::Tensor loss;
+          captured_terms = compute_loss(loss);
+          take_step(loss, /*captured=*/true);
+        });
+      }
+      captured_step.replay();
+      const double loss_value = record(captured_terms.clone(), it);
+      if (loss_value < hparams.early_stop_loss || last) {
+        at::NoGradGuard no_grad;
+        delta.copy_(delta_before_step);
+        break;
+      }
       ++result.adam_steps;
-      // Project into the ball of radius clamp_norm_factor·‖target_init‖ without a host sync.
-      const at::Tensor max_norm = hparams.clamp_norm_factor * target_init_norm;
-      delta.mul_(at::clamp_max(max_norm / delta.norm(), 1.0));
+      continue;
     }
+    at::Tensor loss;
+    const double loss_value = record(compute_loss(loss), it);
+    if (loss_value < hparams.early_stop_loss || last) break;  // the last iteration takes no step
+    take_step(loss, /*captured=*/false);
+    ++result.adam_steps;
   }
+  captured_step.finish();
   if (!history.empty()) {
     at::Tensor values = at::stack(history).to(at::kDouble).cpu();  // [iterations, 4]
     for (int64_t i = 0; i < values.size(0); ++i) {

@@ -21,6 +21,11 @@ std::filesystem::path shared_dir() {
 
 std::filesystem::path shared_path(const std::string& relative) { return shared_dir() / relative; }
 
+std::string test_device() {
+  const char* env = std::getenv("ROME_TEST_DEVICE");
+  return env && *env ? env : "cpu";
+}
+
 std::filesystem::path scratch_dir(const std::string& name) {
   auto dir = std::filesystem::path(ROME_BINARY_DIR) / "test-scratch" / name;
   std::filesystem::remove_all(dir);
@@ -58,8 +63,8 @@ int spawn_cli(const std::vector<std::string>& args, const std::filesystem::path&
   const std::string binary = cli_binary();
   const pid_t pid = ::fork();
   if (pid == 0) {
-    std::freopen("/dev/null", "w", stdout);
-    std::freopen(err.c_str(), "w", stderr);
+    // A child that cannot redirect must not run the CLI into the test's own output.
+    if (!std::freopen("/dev/null", "w", stdout) || !std::freopen(err.c_str(), "w", stderr)) ::_exit(127);
     std::vector<char*> argv{const_cast<char*>(binary.c_str())};
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);

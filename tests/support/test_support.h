@@ -30,6 +30,10 @@ int spawn_cli(const std::vector<std::string>& args, const std::filesystem::path&
 // The file's bytes, or "" when it does not exist (yet): for polling files a running CLI writes.
 std::string read_if_exists(const std::filesystem::path& path);
 
+// Where the golden-value tests run the model: "cpu", or $ROME_TEST_DEVICE ("cuda" on a GPU
+// machine, scripts/gpu-check.sh), so that the same tolerances are checked on both.
+std::string test_device();
+
 }  // namespace rc::test
 
 // Skips the current test with a clear message when ../shared is not there.

@@ -64,6 +64,7 @@ struct KVCache {
 // What one block exchanges with the cache.
 struct LayerKV {
   at::Tensor past_keys, past_values;  // [B, H_kv, P, hd] or undefined
+  at::Tensor blocked;                 // [B, 1, T, P + T] true where attention is masked; undefined: causal only
   bool record = false;                // fill keys/values with past + new
   at::Tensor keys, values;            // out
 };
@@ -81,6 +82,11 @@ struct ForwardOptions {
   bool compute_logits = true;
   const KVCache* past = nullptr;          // ids continue after these cached positions
   KVCache* record = nullptr;              // receives every computed layer's keys/values (past + new)
+  // Ragged rows (ROME's optimisation: each row recomputes from its own subject token on). Row r's
+  // tokens sit at row_positions[r] and attend to the cached positions where past_valid[r] is true
+  // (a row's cache is left-aligned: its own earlier positions, then positions it recomputes now).
+  at::Tensor row_positions;               // [B, T] int64 position ids; default: P + 0..T-1 for every row
+  at::Tensor past_valid;                  // [B, P] bool; default: every cached position
 };
 
 struct ForwardOutput {
@@ -154,11 +160,16 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& path, cons
 std::unique_ptr<CausalLM> build_causal_lm(Checkpoint checkpoint, const LoadOptions& options = {});
 
 // A checkpoint with seeded random weights in Hugging Face layout, initialised as transformers
-// does (normal(0, 0.02) matrices, zero biases, unit norms): the embedded demo model and the
-// GPT-2-small / GPT-2-XL-shaped benchmark models.
-Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
-// GPT-2 shapes by name: "gpt2-tiny" (4 layers, d 64), "gpt2-small" (12, 768), "gpt2-xl" (48, 1600).
-ModelConfig gpt2_shape(const std::string& name, int64_t vocab_size);
+// does (normal(0, 0.02) matrices, zero biases, unit norms), created on `device`: the embedded
+// demo model and the benchmark models in the shapes of the paper's models.
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed, c10::Device device = c10::Device(c10::kCPU));
+// Shapes by name: "gpt2-tiny" (4 layers, d 64), "gpt2-small" (12, 768), "gpt2-xl" (48, 1600),
+// "gptj-6b" (28, 4096), "llama2-7b" (32, 4096); vocab_size defaults to the real model's.
+ModelConfig model_shape(const std::string& name, std::optional<int64_t> vocab_size = std::nullopt);
+
+// Waits for the work queued on `device` (a no-op on the CPU): timings of CUDA work must not stop
+// the clock before the kernels have run.
+void synchronize(c10::Device device);
 
 // Right-pads token sequences with pad_id into [B, T] int64.
 at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id, c10::Device device);
