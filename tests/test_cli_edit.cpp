@@ -48,6 +48,20 @@ TEST(EditCommand, DemoRunsOnTheEmbeddedModel) {
   EXPECT_NE(result.out.find("c-rome-prefix"), std::string::npos);  // the side-by-side table
 }
 
+TEST(EditCommand, TimingsAndPeakMemoryPerPhase) {
+  auto dir = test::scratch_dir("edit-phases");
+  auto result = test::run_cli("edit --config " + quoted(std::filesystem::path(ROME_SOURCE_DIR) / "configs/demo.json") +
+                              " --out " + quoted(dir / "demo.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const auto first = nlohmann::json::parse(read_file(dir / "demo.json"))["results"][0];
+  for (const char* phase : {"keys", "left_vector", "value_optimisation", "update", "evaluation"}) {
+    ASSERT_TRUE(first["timings_s"].contains(phase)) << phase;
+    EXPECT_GE(first["timings_s"][phase].get<double>(), 0.0) << phase;
+    ASSERT_TRUE(first["peak_memory_mib"].contains(phase)) << phase;
+    EXPECT_GT(first["peak_memory_mib"][phase].get<double>(), 1.0) << phase;  // a process holds more than 1 MiB
+  }
+}
+
 TEST(EditCommand, SameConfigTwiceIsByteIdentical) {
   ROME_REQUIRE_SHARED();
   auto config = reference_config();
@@ -64,6 +78,7 @@ TEST(EditCommand, SameConfigTwiceIsByteIdentical) {
   auto json = nlohmann::json::parse(read_file(dir / "a.json"));
   EXPECT_EQ(json["context_templates"].size(), 11u);  // "{}" + 5 + 5 generated
   EXPECT_FALSE(json.contains("timings_s"));
+  EXPECT_FALSE(json.contains("peak_memory_mib"));
   for (const char* key : {"method", "layer", "subject_last_index", "subject_first_token", "denominator", "abs_denominator",
                           "numerator_norm", "update_norm", "relative_update_norm", "right_vector_norm",
                           "cos_unprefixed_prefixed", "unprefixed_key_norm", "prefixed_key_norm", "perplexity_before",

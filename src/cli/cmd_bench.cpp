@@ -15,6 +15,7 @@
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/eval/text_file.h"
 #include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/model/device_memory.h"
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/value.h"
@@ -33,19 +34,6 @@ const std::vector<std::string> kTemplates = {
     "You may also like the following articles about. {}", "The results of the study were published in. {}",
     "Therefore, he is considered one of the best. {}", "Because it is so cheap, many people. {}",
     "I would like to thank everyone who helped. {}", "You will find the answer at the end of. {}"};
-
-// Peak resident memory: /proc/self/clear_refs "5" resets the high-water mark, VmHWM reads it.
-void reset_peak_memory() {
-  std::ofstream clear("/proc/self/clear_refs");
-  if (clear) clear << "5";
-}
-double peak_memory_mib() {
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line))
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0;
-}
 
 struct BenchModel {
   std::string name;
@@ -119,11 +107,12 @@ int run_bench(const BenchArgs& args) {
   std::printf("%-12s %-10s %9s %9s %9s %9s %10s %8s %12s\n", "model", "path", "keys s", "v* s", "edit s", "s/step",
               "peak MiB", "ratio", "max|dv*|rel");
   for (const auto& name : names) {
-    reset_peak_memory();
+    const c10::Device device = parse_device(args.device);
+    reset_peak_memory(device);
     auto load_start = std::chrono::steady_clock::now();
     BenchModel bench = make_model(name, args.shared, args.steps, args.device, args.dtype);
     const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
-    const double load_peak = peak_memory_mib();
+    const double load_peak = peak_memory_mib(device);
     EditContext context;
     context.templates = kTemplates;
     nlohmann::json entry = {{"model", name}, {"device", args.device}, {"dtype", args.dtype}, {"load_s", load_seconds}, {"load_peak_mib", load_peak},
@@ -161,20 +150,20 @@ int run_bench(const BenchArgs& args) {
       options.path = path;
       options.evaluate = false;
       double best = 1e300;
-      nlohmann::json best_timings;
-      double peak = 0;
+      nlohmann::json best_timings, best_peaks;
       for (int64_t repeat = 0; repeat < args.repeats; ++repeat) {
-        reset_peak_memory();
         auto start = std::chrono::steady_clock::now();
         EditOutcome outcome = run_edit(bench.loaded, bench.config, bench.config.request, EditMethod::CRome, context, options);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        peak = std::max(peak, peak_memory_mib());
-        if (seconds < best) best = seconds, best_timings = outcome.result["timings_s"];
+        if (seconds < best)
+          best = seconds, best_timings = outcome.result["timings_s"], best_peaks = outcome.result["peak_memory_mib"];
         v_star[p] = outcome.value.v_star;
         entry["iterations"] = outcome.value.iterations;
       }
+      double peak = 0;  // over the phases of the edit (run_edit measures each phase on the model's device)
+      for (const auto& item : best_peaks.items()) peak = std::max(peak, item.value().get<double>());
       edit_seconds[p] = best;
-      per_path[path_name] = {{"edit_s", best}, {"timings_s", best_timings}, {"peak_mib", peak},
+      per_path[path_name] = {{"edit_s", best}, {"timings_s", best_timings}, {"peak_mib", peak}, {"peak_mib_by_phase", best_peaks},
                              {"s_per_step", best_timings["value_optimisation"].get<double>() /
                                                 double(entry["iterations"].get<int64_t>())}};
     }

@@ -147,7 +147,10 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
       options.record->keys[layer] = kv.keys;
       options.record->values[layer] = kv.values;
     }
-    if (layer == options.stop_after_layer) return out;
+    if (layer == options.stop_after_layer) {
+      out.hidden_after_stop = hidden;
+      return out;
+    }
     if (layer == options.logits_after_layer) break;
   }
   if (!options.compute_logits) return out;

@@ -4,6 +4,7 @@
 
 #include "rome_collapse/eval/edit_metrics.h"
 #include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/model/device_memory.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
@@ -190,11 +191,23 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   const CausalLM& model = *loaded.model;
   const Tokenizer& tokenizer = *loaded.tokenizer;
   const RomeHparams& hp = config.hparams;
-  std::map<std::string, double> timings;
+  std::map<std::string, double> timings, peak_mib;
   EditOutcome outcome;
+  // Per phase: seconds (after the device's queued work has run) and peak memory on that device.
+  Clock::time_point start;
+  auto begin_phase = [&] {
+    if (config.record_timings) reset_peak_memory(model.device());
+    start = Clock::now();
+  };
+  auto end_phase = [&](const char* phase) {
+    if (!config.record_timings) return;
+    synchronize(model.device());
+    timings[phase] = seconds_since(start);
+    peak_mib[phase] = peak_memory_mib(model.device());
+  };
 
   // Keys and the optimisation batch share one forward pass up to layer L.
-  auto start = Clock::now();
+  begin_phase();
   ValueBatch batch = build_value_batch(tokenizer, loaded.add_bos, request, context.templates, hp.kl_prompt,
                                        loaded.pad_id(), model.device());
   if (batch.ids.size(1) > model.config().max_positions)
@@ -206,27 +219,23 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   outcome.keys = batch.keys_match_template_encoding
                      ? key_set_from_rows(capture.keys.slice(0, 0, templates_n), capture.outputs.slice(0, 0, templates_n))
                      : compute_keys(model, tokenizer, loaded.add_bos, request, context.templates, hp.layer, loaded.pad_id());
-  if (config.record_timings) synchronize(model.device());
-  timings["keys"] = seconds_since(start);
+  end_phase("keys");
 
-  start = Clock::now();
+  begin_phase();
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   at::Tensor left = left_vector(outcome.keys.prefixed_key_mean, moment, hp.mom2_ridge);
-  if (config.record_timings) synchronize(model.device());
-  timings["left_vector"] = seconds_since(start);
+  end_phase("left_vector");
 
-  start = Clock::now();
+  begin_phase();
   outcome.value = optimize_value(model, batch, capture, hp, options.path);
-  if (config.record_timings) synchronize(model.device());
-  timings["value_optimisation"] = seconds_since(start);
+  end_phase("value_optimisation");
 
-  start = Clock::now();
+  begin_phase();
   outcome.update = rank_one_update(method, outcome.keys, left, outcome.value.v_star);
   at::Tensor original_weight = model.rewrite_weight(hp.layer);
   at::Tensor delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
   const double weight_norm = original_weight.to(at::kDouble).norm().item<double>();
-  if (config.record_timings) synchronize(model.device());
-  timings["update"] = seconds_since(start);
+  end_phase("update");
 
   outcome.subject_last_index = subject_last_index(tokenizer, loaded.add_bos, request.prompt, request.subject);
   const int64_t first_position = loaded.add_bos && tokenizer.bos_id() ? 1 : 0;
@@ -263,7 +272,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
                             {"weight_decay", outcome.value.weight_decay}};
 
   // Metrics with ΔW applied; W is restored afterwards (bit for bit: the original tensor is put back).
-  start = Clock::now();
+  begin_phase();
   loaded.model->set_rewrite_weight(hp.layer, original_weight + delta_weight);
   try {
     if (options.evaluate) {
@@ -295,11 +304,13 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
     throw;
   }
   if (!options.keep_update) loaded.model->set_rewrite_weight(hp.layer, original_weight);
-  if (config.record_timings) synchronize(model.device());
-  timings["evaluation"] = seconds_since(start);
+  end_phase("evaluation");
 
   result["context_templates"] = context.templates;
-  if (config.record_timings) result["timings_s"] = timings;
+  if (config.record_timings) {
+    result["timings_s"] = timings;
+    result["peak_memory_mib"] = peak_mib;  // per phase, on the model's device
+  }
   if (config.dump_vectors) {
     result["vectors"] = {{"prefixed_key_mean", to_vector(keys.prefixed_key_mean)},
                          {"unprefixed_key", to_vector(keys.unprefixed_key)},

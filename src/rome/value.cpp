@@ -58,16 +58,23 @@ LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batc
   for (size_t row = 0; row < batch.lookup.size(); ++row)
     options.intervention.capture_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
   options.keep_hidden_entering = layer;
+  options.stop_after_layer = layer;
   LayerCapture capture;
-  if (record_cache) {
-    options.record = &capture.cache;
-    options.compute_logits = false;
-  } else {
-    options.stop_after_layer = layer;
-  }
+  if (record_cache) options.record = &capture.cache;
   ForwardOutput out = model.forward(batch.ids, options);
   for (int64_t l = 0; l < layer && l < static_cast<int64_t>(capture.cache.keys.size()); ++l)
     capture.cache.keys[l] = capture.cache.values[l] = at::Tensor();  // never read: layers below L are not rerun
+  const int64_t past = *std::max_element(batch.lookup.begin(), batch.lookup.end());
+  if (record_cache && past > 0 && layer + 1 < model.config().n_layers) {
+    // Above L the optimisation reads back only positions before each row's subject token (it
+    // recomputes the rest), so those layers run on the columns before the latest one alone.
+    ForwardOptions upper;
+    upper.start_layer = layer + 1;
+    upper.initial_hidden = out.hidden_after_stop.slice(1, 0, past);
+    upper.record = &capture.cache;
+    upper.compute_logits = false;
+    model.forward(batch.ids.slice(1, 0, past), upper);
+  }
   capture.keys = out.captured_keys;
   capture.outputs = out.captured_outputs;
   capture.hidden_entering = out.hidden_entering;

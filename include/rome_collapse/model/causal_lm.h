@@ -94,6 +94,7 @@ struct ForwardOutput {
   at::Tensor captured_keys;     // [N, F] rewrite-module inputs, in capture_at order
   at::Tensor captured_outputs;  // [N, D] rewrite-module outputs (bias included, before delta)
   at::Tensor hidden_entering;   // [B, T, D] residual stream entering keep_hidden_entering
+  at::Tensor hidden_after_stop; // [B, T, D] residual stream leaving stop_after_layer
 };
 
 struct LoadOptions {

@@ -43,7 +43,8 @@ struct LayerCapture {
   at::Tensor keys;             // [R + 1, F]
   at::Tensor outputs;          // [R + 1, D]
   at::Tensor hidden_entering;  // [R + 1, T, D]
-  KVCache cache;               // layers >= L: [R + 1, H_kv, T, hd]; empty without record_cache
+  KVCache cache;               // layer L: [R + 1, H_kv, T, hd], layers > L: [R + 1, H_kv, P, hd] with P
+                               // the latest subject index; empty without record_cache
 };
 LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer,
                                    bool record_cache = false);
