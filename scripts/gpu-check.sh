@@ -87,8 +87,10 @@ grep -hE "^\[  (PASSED|FAILED|SKIPPED) |Failure|max relative diff|CUDA graphs" "
   | head -40 >>"$out/summary.txt"
 
 # 2. CPU and CUDA agree: greedy generation, perplexity and key statistics.
+# (ROME_GPU_CHECK_QUICK=1 skips steps 2 and 4, for a rerun of the timings alone.)
+quick=${ROME_GPU_CHECK_QUICK:-0}
 stories=$shared/models/stories260K
-for device in cpu cuda; do
+[ "$quick" = 1 ] || for device in cpu cuda; do
   step "generate_$device" 60 "$cli" generate --model "$stories/stories260K.bin" --tokenizer "$stories/tok512.model" \
     --max-new-tokens 200 --device "$device"
   step "perplexity_$device" 60 "$cli" perplexity --model "$shared/reference/tiny-gpt2" \
@@ -96,7 +98,7 @@ for device in cpu cuda; do
   step "stats_$device" 120 "$cli" stats --model "$shared/reference/tiny-llama" --tokenizer "$shared/tokenizers/gpt2" \
     --no-bos --layer 1 --corpus "$shared/data/me-ppl/ME-PPL_50.json" --device "$device" --out "/tmp/stats_$device.npz"
 done
-{
+[ "$quick" = 1 ] || {
   cmp -s "$out/generate_cpu.log" "$out/generate_cuda.log" && echo "generate: cpu == cuda" || echo "generate: cpu != cuda"
   grep -H '"mean"' "$out/perplexity_cpu.log" "$out/perplexity_cuda.log"
   python3 - /tmp/stats_cpu.npz /tmp/stats_cuda.npz <<'EOF'
@@ -120,9 +122,9 @@ grep -hE "model|reference|optimized" "$out/bench_gpt2.log" "$out/bench_7b.log" "
   >>"$out/summary.txt"
 
 # 4. Reduced precision on the GPU (float16 has no CPU kernels in libtorch 1.13).
-step precision 240 python3 scripts/precision_report.py --shared "$shared" --binary "$cli" --device cuda \
+[ "$quick" = 1 ] || step precision 240 python3 scripts/precision_report.py --shared "$shared" --binary "$cli" --device cuda \
   --dtypes float32,bfloat16,float16 --jobs 12
-cat "$out/precision.log" >>"$out/summary.txt"
+[ "$quick" = 1 ] || cat "$out/precision.log" >>"$out/summary.txt"
 
 # 5. The same edits with bfloat16 weights (δ, v* and the update stay float32).
 step bench_bf16 240 "$cli" bench --device cuda --dtype bfloat16 --shared "$shared" --models gpt2-xl,gptj-6b,llama2-7b \

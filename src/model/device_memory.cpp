@@ -5,6 +5,7 @@
 
 #if ROME_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/util/Exception.h>
 #endif
 
 namespace rc {
@@ -12,7 +13,11 @@ namespace rc {
 void reset_peak_memory(c10::Device device) {
 #if ROME_WITH_CUDA
   if (device.is_cuda()) {
-    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+    try {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+    } catch (const c10::Error&) {
+      // Nothing allocated on the GPU yet (the allocator starts lazily): no peak to reset.
+    }
     return;
   }
 #endif
@@ -24,8 +29,12 @@ void reset_peak_memory(c10::Device device) {
 double peak_memory_mib(c10::Device device) {
 #if ROME_WITH_CUDA
   if (device.is_cuda()) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
-    return double(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // [0]: all pools together
+    try {
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.has_index() ? device.index() : 0);
+      return double(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // [0]: all pools together
+    } catch (const c10::Error&) {
+      return 0;  // nothing allocated on the GPU yet
+    }
   }
 #endif
   if (!device.is_cpu()) return 0;
