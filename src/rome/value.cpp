@@ -152,8 +152,8 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
   adam.lr = hparams.v_lr;
 
   // Logits at the last |t| real positions of each rewriting row predict the target tokens; the
-  // KL term reads the KL prompt's subject position. Passes list targets in their own row order,
-  // so labels follow the same order (the NLL is a mean over rows, the order does not matter).
+  // KL term reads the KL prompt's subject position. Labels follow the order in which the path
+  // lists its targets (the NLL is a mean over rows, the order does not matter).
   auto targets_of_row = [&](int64_t row, int64_t local_row) {
     std::vector<TokenPosition> positions;
     for (int64_t j = 0; j < n_targets; ++j) positions.push_back({local_row, batch.lengths[row] - n_targets + j});
@@ -184,11 +184,10 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
       window = std::max(window, batch.lengths[r] - batch.lookup[r]);
       past = std::max(past, batch.lookup[r]);
     }
-    std::vector<int64_t> columns, positions, past_valid;
+    std::vector<int64_t> columns, past_valid;
     for (int64_t r = 0; r < n_rows; ++r) {
       for (int64_t j = 0; j < window; ++j) {
-        positions.push_back(batch.lookup[r] + j);
-        // Beyond a row's end: any column will do, those positions only precede nothing real.
+        // Beyond a row's end any column (and position) will do: those slots precede nothing real.
         columns.push_back(std::min(batch.lookup[r] + j, padded_length - 1));
       }
       for (int64_t p = 0; p < past; ++p) past_valid.push_back(p < batch.lookup[r] ? 1 : 0);
@@ -200,7 +199,7 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     options.start_layer = layer;
     options.initial_hidden = capture.hidden_entering.gather(
         1, column_index.unsqueeze(-1).expand({n_rows, window, capture.hidden_entering.size(2)}));
-    options.row_positions = at::tensor(positions, at::kLong).view({n_rows, window}).to(device);
+    options.row_positions = column_index;  // a real token's column is its position
     if (past > 0) {
       pass.past = std::make_shared<KVCache>();
       pass.past->keys.resize(capture.cache.keys.size());
