@@ -137,6 +137,26 @@ bool subject_first_token(const LoadedModel& loaded, const EditRequest& request) 
   return subject_last_index(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject) == first_position;
 }
 
+RequestIdentity identify_request(const LoadedModel& loaded, const RequestSet& requests, size_t index) {
+  RequestIdentity identity;
+  identity.request = requests.requests.at(index);
+  identity.id = index < requests.ids.size() ? requests.ids[index] : nlohmann::json(index);
+  identity.subject_first = subject_first(identity.request);
+  identity.subject_last_index =
+      subject_last_index(*loaded.tokenizer, loaded.add_bos, identity.request.prompt, identity.request.subject);
+  identity.subject_first_token = subject_first_token(loaded, identity.request);
+  return identity;
+}
+
+nlohmann::json identity_json(const RequestIdentity& identity, size_t index) {
+  return {{"index", index},
+          {"id", identity.id},
+          {"request", to_json(identity.request)},
+          {"subject_first", identity.subject_first},
+          {"subject_first_token", identity.subject_first_token},
+          {"subject_last_index", identity.subject_last_index}};
+}
+
 bool CheckReport::all_passed() const { return failed_count() == 0; }
 
 int64_t CheckReport::failed_count() const {
@@ -174,17 +194,12 @@ CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const
                            config.hparams.layer, loaded.pad_id(), 0, 8192, &report.forward_passes);
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   for (size_t i = 0; i < requests.requests.size(); ++i) {
-    const EditRequest& request = requests.requests[i];
     const at::Tensor k_bar = key_sets[i].prefixed_key_mean.to(at::kCPU).to(at::kDouble);
     const at::Tensor k_u = key_sets[i].unprefixed_key.to(at::kCPU).to(at::kDouble);
     // Computed in float64 from the float32 u that the edit uses, so check and edit agree.
     const at::Tensor u = left_vector(k_bar.to(at::kFloat), moment, config.hparams.mom2_ridge).to(at::kCPU).to(at::kDouble);
     RequestCheck check;
-    check.request = request;
-    check.id = i < requests.ids.size() ? requests.ids[i] : nlohmann::json(i);
-    check.subject_first = subject_first(request);
-    check.subject_last_index = subject_last_index(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject);
-    check.subject_first_token = subject_first_token(loaded, request);
+    static_cast<RequestIdentity&>(check) = identify_request(loaded, requests, i);
     check.rome_denominator = at::dot(k_u, u).item<double>();
     check.c_rome_denominator = at::dot(k_bar, u).item<double>();
     check.ratio = check.c_rome_denominator == 0
@@ -208,20 +223,16 @@ nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, con
     const RequestCheck& r = report.requests[i];
     (r.subject_first ? first_n : later_n) += 1;
     if (!r.passed) (r.subject_first ? first_failed : later_failed) += 1;
-    rows.push_back({{"index", i},
-                    {"id", r.id},
-                    {"request", to_json(r.request)},
-                    {"subject_first", r.subject_first},
-                    {"subject_first_token", r.subject_first_token},
-                    {"subject_last_index", r.subject_last_index},
-                    {"rome_denominator", finite_or_null(r.rome_denominator)},
-                    {"c_rome_denominator", finite_or_null(r.c_rome_denominator)},
-                    {"ratio", finite_or_null(r.ratio)},
-                    {"cos_unprefixed_prefixed", finite_or_null(r.cos_unprefixed_prefixed)},
-                    {"unprefixed_key_norm", r.unprefixed_key_norm},
-                    {"prefixed_key_norm", r.prefixed_key_norm},
-                    {"passed", r.passed},
-                    {"failures", r.failures}});
+    nlohmann::json row = identity_json(r, i);
+    row.update({{"rome_denominator", finite_or_null(r.rome_denominator)},
+                {"c_rome_denominator", finite_or_null(r.c_rome_denominator)},
+                {"ratio", finite_or_null(r.ratio)},
+                {"cos_unprefixed_prefixed", finite_or_null(r.cos_unprefixed_prefixed)},
+                {"unprefixed_key_norm", r.unprefixed_key_norm},
+                {"prefixed_key_norm", r.prefixed_key_norm},
+                {"passed", r.passed},
+                {"failures", r.failures}});
+    rows.push_back(std::move(row));
   }
   nlohmann::json out;
   out["schema_version"] = 1;

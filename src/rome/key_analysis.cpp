@@ -133,11 +133,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
   std::vector<size_t> first_indices;  // subject-first requests
   for (size_t i = 0; i < requests.requests.size(); ++i) {
     RequestKeys r;
-    r.request = requests.requests[i];
-    r.id = i < requests.ids.size() ? requests.ids[i] : nlohmann::json(i);
-    r.subject_first = subject_first(r.request);
-    r.subject_first_token = subject_first_token(loaded, r.request);
-    r.subject_last_index = subject_last_index(tokenizer, loaded.add_bos, r.request.prompt, r.request.subject);
+    static_cast<RequestIdentity&>(r) = identify_request(loaded, requests, i);
     r.keys = key_sets[i];
     const at::Tensor k_bar = cpu_double(r.keys.prefixed_key_mean);
     r.left_direction = moment ? cpu_double(solve_second_moment(*moment, k_bar, config.hparams.mom2_ridge)) : k_bar;
@@ -357,24 +353,20 @@ nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, c
                                                 {"cos_to_prefixed_mean", number(probe.template_prefix_cos)}}}});
       }
     }
-    rows.push_back({{"index", i},
-                    {"id", r.id},
-                    {"request", to_json(r.request)},
-                    {"subject_first", r.subject_first},
-                    {"subject_first_token", r.subject_first_token},
-                    {"subject_last_index", r.subject_last_index},
-                    {"cos_unprefixed_prefixed", number(s.cos_unprefixed_prefixed)},
-                    {"unprefixed_key_norm", s.unprefixed_key_norm},
-                    {"prefixed_key_norm", s.prefixed_key_norm},
-                    {"cloud_mean_key_norm", s.cloud_mean_key_norm},
-                    {"cloud_mean_cos", number(s.cloud_mean_cos)},
-                    {"unprefixed_distance", s.unprefixed_distance},
-                    {"cloud_mean_distance", s.cloud_mean_distance},
-                    {"relative_distance", number(s.relative_distance)},
-                    {"cloud_share_closer", s.cloud_share_closer},
-                    {"template_tokens_fraction_closed",
-                     r.subject_first ? number(r.template_token_fraction_closed) : nlohmann::json()},
-                    {"position_experiment", probes}});
+    nlohmann::json row = identity_json(r, i);
+    row.update({{"cos_unprefixed_prefixed", number(s.cos_unprefixed_prefixed)},
+                {"unprefixed_key_norm", s.unprefixed_key_norm},
+                {"prefixed_key_norm", s.prefixed_key_norm},
+                {"cloud_mean_key_norm", s.cloud_mean_key_norm},
+                {"cloud_mean_cos", number(s.cloud_mean_cos)},
+                {"unprefixed_distance", s.unprefixed_distance},
+                {"cloud_mean_distance", s.cloud_mean_distance},
+                {"relative_distance", number(s.relative_distance)},
+                {"cloud_share_closer", s.cloud_share_closer},
+                {"template_tokens_fraction_closed",
+                 r.subject_first ? number(r.template_token_fraction_closed) : nlohmann::json()},
+                {"position_experiment", probes}});
+    rows.push_back(std::move(row));
     if (has_pca) {
       const at::Tensor all = cpu_double(r.keys.prefixed_keys);
       nlohmann::json prefixed = nlohmann::json::array();

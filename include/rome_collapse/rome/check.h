@@ -74,6 +74,19 @@ KeyRunContext prepare_key_run(const LoadedModel& loaded, const EditConfig& confi
 bool subject_first(const EditRequest& request);
 bool subject_first_token(const LoadedModel& loaded, const EditRequest& request);
 
+// What every per-request report (check, keys) says of a request: which one, and where its subject sits.
+struct RequestIdentity {
+  EditRequest request;
+  nlohmann::json id;  // the record's case_id, else its index in the file
+  bool subject_first = false;
+  bool subject_first_token = false;
+  int64_t subject_last_index = 0;
+};
+RequestIdentity identify_request(const LoadedModel& loaded, const RequestSet& requests, size_t index);
+// {"index", "id", "request", "subject_first", "subject_first_token", "subject_last_index"}, to which a
+// report adds its own numbers.
+nlohmann::json identity_json(const RequestIdentity& identity, size_t index);
+
 // ---- The check itself ------------------------------------------------------------------
 
 struct CheckThresholds {
@@ -81,12 +94,7 @@ struct CheckThresholds {
   double min_ratio = 0.5;            // |kᵘ·u| / |k̄·u| below this fails (ROME's ΔW > 2× C-ROME's)
 };
 
-struct RequestCheck {
-  EditRequest request;
-  nlohmann::json id;
-  bool subject_first = false;
-  bool subject_first_token = false;
-  int64_t subject_last_index = 0;
+struct RequestCheck : RequestIdentity {
   double rome_denominator = 0;     // kᵘ · u
   double c_rome_denominator = 0;   // k̄ · u
   double ratio = 0;                // |ROME| / |C-ROME| (inf when C-ROME's is 0)

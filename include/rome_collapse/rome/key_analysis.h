@@ -72,12 +72,7 @@ struct PositionProbe {
   double template_prefix_cos = 0;
 };
 
-struct RequestKeys {
-  EditRequest request;
-  nlohmann::json id;
-  bool subject_first = false;
-  bool subject_first_token = false;
-  int64_t subject_last_index = 0;
+struct RequestKeys : RequestIdentity {
   KeySet keys;
   at::Tensor left_direction;           // [F] C⁻¹k̄, or k̄ without statistics (float64)
   CloudStats stats;
