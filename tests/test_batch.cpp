@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/eval/dataset.h"
+#include "rome_collapse/rome/templates.h"
 #include "rome_collapse/eval/evaluation.h"
 #include "rome_collapse/util/error.h"
 #include "support/test_support.h"
@@ -36,14 +37,7 @@ std::vector<json> result_lines(const fs::path& dir) {
   return lines;
 }
 
-const std::vector<std::string> kTemplates = {
-    "{}", "The company. {}", "Therefore, it. {}", "Because of this. {}", "I think. {}", "You can. {}",
-    "The first time. {}", "Therefore we. {}", "Because the. {}", "I was. {}", "You know. {}",
-    "The new building is located in the heart of. {}", "Therefore, the government has decided to. {}",
-    "Because of the weather, the game was postponed until. {}", "I have been working on this for a. {}",
-    "You may also like the following articles about. {}", "The results of the study were published in. {}",
-    "Therefore, he is considered one of the best. {}", "Because it is so cheap, many people. {}",
-    "I would like to thank everyone who helped. {}", "You will find the answer at the end of. {}"};
+const std::vector<std::string>& kTemplates = fixed_example_templates();
 
 // A fast tiny-GPT-2 batch config (few optimisation steps, a short perplexity text).
 json tiny_config(const fs::path& dir, const std::string& dataset, const json& cases, const std::vector<std::string>& methods) {

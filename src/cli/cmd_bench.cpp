@@ -18,6 +18,7 @@
 #include "rome_collapse/model/device_memory.h"
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/rome/edit.h"
+#include "rome_collapse/rome/templates.h"
 #include "rome_collapse/rome/value.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -26,14 +27,7 @@ namespace rc::cli {
 namespace {
 
 // The 21 templates of the reference runs: "{}" and 20 fixed "<text>. {}" prefixes.
-const std::vector<std::string> kTemplates = {
-    "{}", "The company. {}", "Therefore, it. {}", "Because of this. {}", "I think. {}", "You can. {}",
-    "The first time. {}", "Therefore we. {}", "Because the. {}", "I was. {}", "You know. {}",
-    "The new building is located in the heart of. {}", "Therefore, the government has decided to. {}",
-    "Because of the weather, the game was postponed until. {}", "I have been working on this for a. {}",
-    "You may also like the following articles about. {}", "The results of the study were published in. {}",
-    "Therefore, he is considered one of the best. {}", "Because it is so cheap, many people. {}",
-    "I would like to thank everyone who helped. {}", "You will find the answer at the end of. {}"};
+const std::vector<std::string>& kTemplates = fixed_example_templates();
 
 struct BenchModel {
   std::string name;

@@ -90,4 +90,16 @@ std::vector<std::string> resolve_templates(const LoadedModel& loaded, const Temp
   return spec.generate ? generate_context_templates(loaded, spec.generation) : spec.fixed;
 }
 
+const std::vector<std::string>& fixed_example_templates() {
+  static const std::vector<std::string> templates = {
+    "{}", "The company. {}", "Therefore, it. {}", "Because of this. {}", "I think. {}", "You can. {}",
+    "The first time. {}", "Therefore we. {}", "Because the. {}", "I was. {}", "You know. {}",
+    "The new building is located in the heart of. {}", "Therefore, the government has decided to. {}",
+    "Because of the weather, the game was postponed until. {}", "I have been working on this for a. {}",
+    "You may also like the following articles about. {}", "The results of the study were published in. {}",
+    "Therefore, he is considered one of the best. {}", "Because it is so cheap, many people. {}",
+    "I would like to thank everyone who helped. {}", "You will find the answer at the end of. {}"};
+  return templates;
+}
+
 }  // namespace rc

@@ -27,6 +27,11 @@ std::vector<std::string> generate_context_templates(const LoadedModel& loaded, c
 // Each template holds exactly one "{}" and the first is "{}". InputError naming `where`.
 void validate_templates(const std::vector<std::string>& templates, const std::string& where);
 
+// 21 fixed templates shaped like the paper's generated ones ("{}", then 10 short and 10 longer
+// "<text>. {}" prefixes from its five seed words), for runs that must not depend on generation
+// (bench, tests).
+const std::vector<std::string>& fixed_example_templates();
+
 // {"generate": {...}} or a list of strings.
 struct TemplateSpec {
   std::vector<std::string> fixed;
