@@ -116,11 +116,9 @@ int run_bench(const BenchArgs& args) {
       const ValueBatch batch = build_value_batch(*bench.loaded.tokenizer, bench.loaded.add_bos, bench.config.request,
                                                  kTemplates, bench.config.hparams.kl_prompt, bench.loaded.pad_id(),
                                                  c10::Device(c10::kCPU));
-      int64_t window = 0;
-      for (size_t r = 0; r < batch.lengths.size(); ++r) window = std::max(window, batch.lengths[r] - batch.lookup[r]);
       entry["rows"] = batch.ids.size(0);
       entry["padded_length"] = batch.ids.size(1);
-      entry["window"] = window;
+      entry["window"] = recompute_window(batch);
     }
     std::map<std::string, nlohmann::json> per_path;
     at::Tensor v_star[2];

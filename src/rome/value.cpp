@@ -51,6 +51,12 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
   return batch;
 }
 
+int64_t recompute_window(const ValueBatch& batch) {
+  int64_t window = 0;
+  for (size_t r = 0; r < batch.lengths.size(); ++r) window = std::max(window, batch.lengths[r] - batch.lookup[r]);
+  return window;
+}
+
 LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer, bool record_cache) {
   at::NoGradGuard no_grad;
   ForwardOptions options;
@@ -121,15 +127,14 @@ struct AdamState {
   }
 };
 
-// One forward pass of the optimisation loop. Everything that
-// does not change between iterations (ids, cached hidden states, index tensors) is built once.
+// The optimisation loop's forward pass. Everything that does not change between iterations (ids,
+// cached hidden states, index tensors) is built once.
 struct ForwardPass {
-  at::Tensor ids;                      // [n, T_pass]
+  at::Tensor ids;                      // [R + 1, T] (reference) or [R + 1, W] (ragged windows)
   ForwardOptions options;              // delta mask, logits positions, start layer ...
-  int64_t target_count = 0;            // target logits this pass yields (first rows of its logits)
-  bool has_kl_row = false;             // the KL position's logits follow the targets
-  PositionIndex hidden_targets;        // v_loss_layer < last layer: targets gathered from hidden states
-  std::shared_ptr<KVCache> past;       // the rows' cached positions before the recomputed span
+  PositionIndex targets, kl;           // reference path: where the loss reads the full logits
+  PositionIndex hidden_targets;        // ragged, v_loss_layer < last layer: targets in the hidden states
+  std::shared_ptr<KVCache> past;       // ragged: the rows' cached positions before their windows
 };
 
 }  // namespace
@@ -151,19 +156,22 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
   AdamState adam;
   adam.lr = hparams.v_lr;
 
-  // Logits at the last |t| real positions of each rewriting row predict the target tokens; the
-  // KL term reads the KL prompt's subject position. Labels follow the order in which the path
-  // lists its targets (the NLL is a mean over rows, the order does not matter).
-  auto targets_of_row = [&](int64_t row, int64_t local_row) {
-    std::vector<TokenPosition> positions;
-    for (int64_t j = 0; j < n_targets; ++j) positions.push_back({local_row, batch.lengths[row] - n_targets + j});
-    return positions;
-  };
-  std::vector<ForwardPass> passes;
-  std::vector<int64_t> label_order;
+  // Logits at the last |t| real positions of each rewriting row predict the target tokens (labels:
+  // the target ids, row after row); the KL term reads the KL prompt's subject position.
+  std::vector<TokenPosition> target_positions;  // in the padded batch
+  std::vector<int64_t> target_labels;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = 0; j < n_targets; ++j) {
+      target_positions.push_back({r, batch.lengths[r] - n_targets + j});
+      target_labels.push_back(batch.target_ids[j]);
+    }
+  }
+  const at::Tensor labels = at::tensor(target_labels, at::kLong).to(device);
+  const int64_t target_count = static_cast<int64_t>(target_positions.size());
+
+  ForwardPass pass;
   if (path == ForwardPath::Reference) {
     // The paper's code: the whole padded batch through every layer, full logits everywhere.
-    ForwardPass pass;
     pass.ids = batch.ids;
     pass.options.intervention.layer = layer;
     for (size_t row = 0; row < batch.lookup.size(); ++row)
@@ -171,7 +179,8 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     pass.options.intervention.delta_mask = make_position_mask(pass.options.intervention.delta_at, batch.ids.size(0),
                                                               batch.ids.size(1), at::kFloat, device);
     if (!loss_at_last_layer) pass.options.keep_hidden_entering = hparams.v_loss_layer + 1;
-    passes.push_back(std::move(pass));
+    pass.targets = make_position_index(target_positions, device);
+    pass.kl = make_position_index({{rows, batch.lookup[rows]}}, device);
   } else {
     // Ragged windows: row r recomputes only positions [lookup_r, length_r), from its subject's last
     // token (where δ enters) to its end; everything before is δ-free and comes from the capture
@@ -179,11 +188,8 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     // windows are left-aligned into one [R + 1, W] pass with per-row positions, and each row's
     // cache is masked from its own window's start on. One pass, the fewest recomputed tokens.
     const int64_t n_rows = static_cast<int64_t>(batch.lookup.size()), padded_length = batch.ids.size(1);
-    int64_t window = 0, past = 0;
-    for (int64_t r = 0; r < n_rows; ++r) {
-      window = std::max(window, batch.lengths[r] - batch.lookup[r]);
-      past = std::max(past, batch.lookup[r]);
-    }
+    const int64_t window = recompute_window(batch);
+    const int64_t past = *std::max_element(batch.lookup.begin(), batch.lookup.end());
     std::vector<int64_t> columns, past_valid;
     for (int64_t r = 0; r < n_rows; ++r) {
       for (int64_t j = 0; j < window; ++j) {
@@ -192,7 +198,6 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
       }
       for (int64_t p = 0; p < past; ++p) past_valid.push_back(p < batch.lookup[r] ? 1 : 0);
     }
-    ForwardPass pass;
     const at::Tensor column_index = at::tensor(columns, at::kLong).view({n_rows, window}).to(device);
     pass.ids = batch.ids.gather(1, column_index);
     auto& options = pass.options;
@@ -212,40 +217,19 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
       options.past_valid = at::tensor(past_valid, at::kLong).view({n_rows, past}).to(at::kBool).to(device);
     }
     options.intervention.layer = layer;
-    std::vector<TokenPosition> target_positions;
-    for (int64_t r = 0; r < n_rows; ++r) {
-      options.intervention.delta_at.push_back({r, 0});
-      if (r == rows) continue;  // the KL prompt
-      for (auto tp : targets_of_row(r, r)) {
-        tp.position -= batch.lookup[r];
-        target_positions.push_back(tp);
-      }
-      for (int64_t j = 0; j < n_targets; ++j) label_order.push_back(j);
-    }
+    for (int64_t r = 0; r < n_rows; ++r) options.intervention.delta_at.push_back({r, 0});
     options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, n_rows, window, at::kFloat, device);
-    pass.target_count = static_cast<int64_t>(target_positions.size());
-    pass.has_kl_row = true;
-    std::vector<TokenPosition> logits_positions = loss_at_last_layer ? target_positions : std::vector<TokenPosition>{};
+    std::vector<TokenPosition> window_targets;  // the same targets, in window coordinates
+    for (const auto& tp : target_positions) window_targets.push_back({tp.row, tp.position - batch.lookup[tp.row]});
+    // Logits rows: the targets (when the loss reads the last layer), then the KL position.
+    std::vector<TokenPosition> logits_positions = loss_at_last_layer ? window_targets : std::vector<TokenPosition>{};
     logits_positions.push_back({rows, 0});
     if (!loss_at_last_layer) {
       options.keep_hidden_entering = hparams.v_loss_layer + 1;
-      pass.hidden_targets = make_position_index(target_positions, device);
+      pass.hidden_targets = make_position_index(window_targets, device);
     }
     options.logits_index = make_position_index(logits_positions, device);
-    passes.push_back(std::move(pass));
   }
-  std::vector<int64_t> target_labels;
-  if (path == ForwardPath::Reference) {
-    for (int64_t r = 0; r < rows; ++r) target_labels.insert(target_labels.end(), batch.target_ids.begin(), batch.target_ids.end());
-  } else {
-    for (int64_t j : label_order) target_labels.push_back(batch.target_ids[j]);
-  }
-  at::Tensor labels = at::tensor(target_labels, at::kLong).to(device);
-  std::vector<TokenPosition> reference_targets;
-  for (int64_t r = 0; r < rows; ++r)
-    for (const auto& tp : targets_of_row(r, r)) reference_targets.push_back(tp);
-  const PositionIndex reference_target_index = make_position_index(reference_targets, device);
-  const PositionIndex reference_kl_index = make_position_index({{rows, batch.lookup[rows]}}, device);
 
   at::Tensor kl_init;               // [V] log P_init at the KL position
   std::vector<at::Tensor> history;  // per iteration [loss, nll, kl, wd], read back once at the end
@@ -253,27 +237,22 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
 
   // The loss at the current δ (`loss` keeps its autograd graph to δ) and its terms, stacked.
   auto compute_loss = [&](at::Tensor& loss) {
-    std::vector<at::Tensor> target_logit_parts;  // [n_pass_targets, V] each
-    at::Tensor kl_logits;                        // [V]
-    for (auto& pass : passes) {
-      pass.options.intervention.delta = delta;
-      ForwardOutput out = model.forward(pass.ids, pass.options);
-      if (path == ForwardPath::Reference) {
-        at::Tensor full = loss_at_last_layer ? out.logits : model.logits_from_hidden(out.hidden_entering);
-        at::Tensor log_probs = at::log_softmax(full.to(at::kFloat), -1);  // [B, T, V], as the paper's code
-        target_logit_parts.push_back(log_probs.index({reference_target_index.rows, reference_target_index.positions}));
-        kl_logits = out.logits.index({reference_kl_index.rows, reference_kl_index.positions})[0];
-        continue;
-      }
-      if (loss_at_last_layer) {
-        target_logit_parts.push_back(out.logits.slice(0, 0, pass.target_count));
-      } else if (pass.target_count > 0) {
-        target_logit_parts.push_back(model.logits_from_hidden(
-            out.hidden_entering.index({pass.hidden_targets.rows, pass.hidden_targets.positions})));
-      }
-      if (pass.has_kl_row) kl_logits = out.logits[out.logits.size(0) - 1];
+    pass.options.intervention.delta = delta;
+    ForwardOutput out = model.forward(pass.ids, pass.options);
+    at::Tensor target_logits;  // [R*|t|, V]
+    at::Tensor kl_logits;      // [V]
+    if (path == ForwardPath::Reference) {
+      at::Tensor full = loss_at_last_layer ? out.logits : model.logits_from_hidden(out.hidden_entering);
+      at::Tensor log_probs = at::log_softmax(full.to(at::kFloat), -1);  // [B, T, V], as the paper's code
+      target_logits = log_probs.index({pass.targets.rows, pass.targets.positions});
+      kl_logits = out.logits.index({pass.kl.rows, pass.kl.positions})[0];
+    } else {
+      target_logits = loss_at_last_layer ? out.logits.slice(0, 0, target_count)
+                                         : model.logits_from_hidden(out.hidden_entering.index(
+                                               {pass.hidden_targets.rows, pass.hidden_targets.positions}));
+      kl_logits = out.logits[out.logits.size(0) - 1];
     }
-    at::Tensor target_log_probs = at::log_softmax(at::cat(target_logit_parts, 0).to(at::kFloat), -1);  // [R*|t|, V]
+    at::Tensor target_log_probs = at::log_softmax(target_logits.to(at::kFloat), -1);  // [R*|t|, V]
     at::Tensor kl_log_probs = at::log_softmax(kl_logits.to(at::kFloat), -1);
     if (!kl_init.defined()) kl_init = kl_log_probs.detach().clone();
 

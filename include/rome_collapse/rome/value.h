@@ -35,6 +35,10 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
                              const std::vector<std::string>& templates, const std::string& kl_prompt, int64_t pad_id,
                              c10::Device device);
 
+// The optimised path's tokens per row and step: the longest span from a row's subject token
+// (where δ enters) to its end.
+int64_t recompute_window(const ValueBatch& batch);
+
 // What one forward pass of the unedited model gives: keys and outputs at the lookup positions of
 // every row, the residual stream entering L (the optimisation never recomputes layers below L) and,
 // with record_cache, the keys/values of layers >= L (the optimisation never recomputes positions
