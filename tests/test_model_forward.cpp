@@ -24,6 +24,12 @@ std::unique_ptr<CausalLM> load_reference_model(const std::string& arch) {
   return load_causal_lm(test::reference_model_dir(arch), options);
 }
 
+// The golden reference's first prompt for `arch` as a [1, T] batch on the model's device.
+at::Tensor first_prompt(const CausalLM& model, const std::string& arch) {
+  std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
+  return at::tensor(ids, at::kLong).unsqueeze(0).to(model.device());
+}
+
 TEST_P(ReferenceForward, LogitsMatchGolden) {
   ROME_REQUIRE_SHARED();
   const std::string arch = GetParam();
@@ -87,8 +93,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, ReferenceForward, ::testing::Values("gpt
 TEST(InterventionTest, CaptureAndDeltaAtPositions) {
   ROME_REQUIRE_SHARED();
   auto model = load_reference_model("gpt2");
-  std::vector<int64_t> ids = test::golden_reference()["gpt2"]["prompts"][0]["ids"];
-  at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
+  at::Tensor batch = first_prompt(*model, "gpt2");
   const int64_t d_model = model->config().d_model;
 
   // Captured key at position 3 reproduces the captured output through W k + b.
@@ -125,8 +130,7 @@ TEST(InterventionTest, StartLayerFromCachedHiddenEqualsFullForward) {
   ROME_REQUIRE_SHARED();
   for (const std::string arch : {"gpt2", "llama", "gptj"}) {
     auto model = load_reference_model(arch);
-    std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
-    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
+    at::Tensor batch = first_prompt(*model, arch);
     at::NoGradGuard no_grad;
     ForwardOptions keep;
     keep.keep_hidden_entering = 2;
@@ -145,8 +149,7 @@ TEST(KVCacheTest, CachedPrefixGivesTheSameLogitsAndKeys) {
   ROME_REQUIRE_SHARED();
   for (const std::string arch : {"gpt2", "llama", "gptj"}) {
     auto model = load_reference_model(arch);
-    std::vector<int64_t> ids = test::golden_reference()[arch]["prompts"][0]["ids"];
-    at::Tensor batch = at::tensor(ids, at::kLong).unsqueeze(0).to(model->device());
+    at::Tensor batch = first_prompt(*model, arch);
     at::NoGradGuard no_grad;
     ForwardOptions full_options;
     full_options.intervention.layer = 2;
