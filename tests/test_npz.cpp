@@ -153,6 +153,39 @@ np.savez_compressed(d + "/deflated.npz", **members)
   }
 }
 
+TEST(Npz, WritesReplaceWholeFilesAndFailuresKeepTheOldOne) {
+  const fs::path dir = test::scratch_dir("npz-atomic");
+  const std::string big = serialize_npy(at::ones({256, 256}, at::kDouble));
+  write_npz(dir / "out.npz", {{"a", big}});
+  write_npz(dir / "out.npz", {{"b", serialize_npy(at::scalar_tensor(int64_t{4}, at::kLong))}});
+  auto members = read_npz(dir / "out.npz");
+  ASSERT_EQ(members.size(), 1u);
+  EXPECT_EQ(members.at("b").tensor().item<int64_t>(), 4);
+
+  // A writer that fails leaves the previous file as it was and no temporary behind.
+  const std::string before = read_file(dir / "out.npz");
+  EXPECT_THROW(write_file_atomic_with(dir / "out.npz",
+                                      [](const fs::path& temp) {
+                                        write_file_atomic(temp, "half an archive");
+                                        throw InputError("interrupted");
+                                      }),
+               InputError);
+  EXPECT_EQ(read_file(dir / "out.npz"), before);
+  for (const auto& entry : fs::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename().string(), "out.npz") << "left behind: " << entry.path();
+
+  // An unwritable destination is an InputError naming it; nothing to write is a caller's error.
+  write_file_atomic(dir / "blocker", "a file where a directory is needed");
+  try {
+    write_npz(dir / "blocker" / "c.npz", {{"a", big}});
+    ADD_FAILURE() << "wrote below a regular file";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("blocker"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(write_npz(dir / "empty.npz", {}), std::invalid_argument);
+  EXPECT_FALSE(fs::exists(dir / "empty.npz"));
+}
+
 TEST(Npz, MalformedFilesNameFileAndMember) {
   const fs::path dir = test::scratch_dir("npz-malformed");
   const std::string good_mom2 = serialize_npy(at::eye(3, at::kDouble));

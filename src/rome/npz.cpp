@@ -1,14 +1,11 @@
 #include "rome_collapse/rome/npz.h"
 
 #include <algorithm>
-#include <array>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fcntl.h>
 #include <memory>
-#include <unistd.h>
+#include <stdexcept>
 
 #include <ATen/ATen.h>
 #include <zip.h>
@@ -275,130 +272,46 @@ std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path) {
   return members;
 }
 
-namespace {
-
-uint32_t crc32(const std::string& bytes) {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t n = 0; n < 256; ++n) {
-      uint32_t c = n;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[n] = c;
-    }
-    return t;
-  }();
-  uint32_t c = 0xFFFFFFFFu;
-  for (unsigned char byte : bytes) c = table[(c ^ byte) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
-}
-
-void put16(std::string& out, uint32_t v) {
-  out += char(v & 0xFF);
-  out += char((v >> 8) & 0xFF);
-}
-void put32(std::string& out, uint32_t v) {
-  put16(out, v & 0xFFFF);
-  put16(out, v >> 16);
-}
-
-// Writes all of `bytes` to fd; false on error.
-bool write_all(int fd, const char* data, size_t size) {
-  while (size > 0) {
-    const ssize_t n = ::write(fd, data, std::min<size_t>(size, size_t(1) << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return true;
-}
-
-}  // namespace
-
 void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members) {
-  // A plain stored zip, written by hand so that the bytes depend on the content only:
-  // local header + data per member, then the central directory; DOS time 1980-01-01 00:00.
-  constexpr uint32_t kDosTime = 0, kDosDate = (1 << 5) | 1;
-  uint64_t total = 22;
-  for (const auto& [name, bytes] : members) total += 30 + 46 + 2 * (name.size() + 4) + bytes.size();
-  if (total >= 0xFFFFFFFFull)
-    fail_input(path.string(), "archive of " + std::to_string(total) + " bytes needs Zip64, which is not written");
-
-  std::string directory;
-  std::vector<std::string> local_headers;
-  std::vector<const std::string*> datas;
-  uint32_t offset = 0;
-  for (const auto& [name, bytes] : members) {
-    const std::string file_name = name + ".npy";
-    const uint32_t crc = crc32(bytes), size = static_cast<uint32_t>(bytes.size());
-    std::string local;
-    put32(local, 0x04034b50);
-    put16(local, 20);  // version needed: 2.0
-    put16(local, 0);   // flags
-    put16(local, 0);   // stored
-    put16(local, kDosTime);
-    put16(local, kDosDate);
-    put32(local, crc);
-    put32(local, size);
-    put32(local, size);
-    put16(local, static_cast<uint32_t>(file_name.size()));
-    put16(local, 0);  // no extra field
-    local += file_name;
-
-    put32(directory, 0x02014b50);
-    put16(directory, 0x0314);  // made by: Unix, 2.0
-    put16(directory, 20);
-    put16(directory, 0);
-    put16(directory, 0);
-    put16(directory, kDosTime);
-    put16(directory, kDosDate);
-    put32(directory, crc);
-    put32(directory, size);
-    put32(directory, size);
-    put16(directory, static_cast<uint32_t>(file_name.size()));
-    put16(directory, 0);  // extra
-    put16(directory, 0);  // comment
-    put16(directory, 0);  // disk
-    put16(directory, 0);  // internal attributes
-    put32(directory, 0100644u << 16);  // external attributes: regular file, rw-r--r--
-    put32(directory, offset);
-    directory += file_name;
-
-    offset += static_cast<uint32_t>(local.size()) + size;
-    local_headers.push_back(std::move(local));
-    datas.push_back(&bytes);
-  }
-  std::string end;
-  put32(end, 0x06054b50);
-  put16(end, 0);
-  put16(end, 0);
-  put16(end, static_cast<uint32_t>(members.size()));
-  put16(end, static_cast<uint32_t>(members.size()));
-  put32(end, static_cast<uint32_t>(directory.size()));
-  put32(end, offset);
-  put16(end, 0);
-
-  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
-  const std::string temp = path.string() + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_input(path.string(), std::string("cannot create: ") + std::strerror(errno));
-  bool ok = true;
-  for (size_t i = 0; ok && i < local_headers.size(); ++i)
-    ok = write_all(fd, local_headers[i].data(), local_headers[i].size()) && write_all(fd, datas[i]->data(), datas[i]->size());
-  ok = ok && write_all(fd, directory.data(), directory.size()) && write_all(fd, end.data(), end.size());
-  const int saved_errno = errno;
-  // fsync before the rename: after a crash the file is either the old one or the complete new one.
-  ok = ok && ::fsync(fd) == 0;
-  ::close(fd);
-  if (!ok) {
-    std::remove(temp.c_str());
-    fail_input(path.string(), std::string("write failed: ") + std::strerror(saved_errno ? saved_errno : errno));
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    std::remove(temp.c_str());
-    fail_input(path.string(), std::string("cannot rename the temporary file into place: ") + std::strerror(errno));
-  }
+  if (members.empty()) throw std::invalid_argument("write_npz: no members to write to " + path.string());
+  // Stored members with a fixed DOS timestamp (1980-01-01 00:00) and fixed attributes, in name order,
+  // so that the bytes depend on the content only; libzip adds Zip64 records where sizes need them.
+  constexpr zip_uint16_t kDosTime = 0, kDosDate = (1 << 5) | 1;
+  const std::string file = path.string();
+  write_file_atomic_with(path, [&](const std::filesystem::path& temp) {
+    int open_error = 0;
+    zip_t* archive = zip_open(temp.c_str(), ZIP_CREATE | ZIP_TRUNCATE, &open_error);
+    if (!archive) {
+      zip_error_t error;
+      zip_error_init_with_code(&error, open_error);
+      const std::string reason = zip_error_strerror(&error);
+      zip_error_fini(&error);
+      fail_input(file, "cannot create: " + reason);
+    }
+    auto fail = [&](const std::string& what) {
+      const std::string reason = zip_strerror(archive);
+      zip_discard(archive);
+      fail_input(file, what + ": " + reason);
+    };
+    for (const auto& [name, bytes] : members) {
+      // The buffer is read at zip_close, while `members` is still alive.
+      zip_source_t* source = zip_source_buffer(archive, bytes.data(), bytes.size(), /*freep=*/0);
+      if (!source) fail("cannot add member '" + name + "'");
+      const zip_int64_t index = zip_file_add(archive, (name + ".npy").c_str(), source, ZIP_FL_ENC_UTF_8);
+      if (index < 0) {
+        zip_source_free(source);
+        fail("cannot add member '" + name + "'");
+      }
+      const auto entry = static_cast<zip_uint64_t>(index);
+      if (zip_set_file_compression(archive, entry, ZIP_CM_STORE, 0) != 0 ||
+          zip_file_set_dostime(archive, entry, kDosTime, kDosDate, 0) != 0 ||
+          zip_file_set_external_attributes(archive, entry, 0, ZIP_OPSYS_UNIX, 0100644u << 16) != 0)
+        fail("cannot set the attributes of member '" + name + "'");
+    }
+    if (zip_close(archive) != 0) fail("write failed (disk full?)");
+  });
 }
+
 
 SecondMoment read_second_moment_npz(const std::filesystem::path& path) {
   auto members = read_npz(path);

@@ -28,15 +28,47 @@ std::string read_file(const std::filesystem::path& path) {
   return ss.str();
 }
 
-void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
-  if (path.has_parent_path()) {
-    std::error_code ec;
-    std::filesystem::create_directories(path.parent_path(), ec);
-    if (ec) fail_input(path.string(), "cannot create the directory " + path.parent_path().string() + ": " + ec.message());
-  }
-  // pid + a per-process counter: concurrent writers (processes or threads) never share a temporary.
+namespace {
+
+// Creates the directory a file goes into; InputError naming the file when it cannot.
+void create_parent_directory(const std::filesystem::path& path) {
+  if (!path.has_parent_path()) return;
+  std::error_code ec;
+  std::filesystem::create_directories(path.parent_path(), ec);
+  if (ec) fail_input(path.string(), "cannot create the directory " + path.parent_path().string() + ": " + ec.message());
+}
+
+// pid + a per-process counter: concurrent writers (processes or threads) never share a temporary.
+std::string temporary_name(const std::filesystem::path& path) {
   static std::atomic<uint64_t> counter{0};
-  const std::string temp = path.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  return path.string() + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+}
+
+// fsync before the rename: after a crash the file is either the old one or the complete new one.
+// Removes the temporary on failure.
+void sync_and_rename(const std::string& temp, const std::filesystem::path& path) {
+  const int fd = ::open(temp.c_str(), O_RDONLY | O_CLOEXEC);
+  int saved_errno = fd < 0 ? errno : 0;
+  if (fd >= 0) {
+    if (::fsync(fd) != 0) saved_errno = errno;
+    ::close(fd);
+  }
+  if (saved_errno != 0) {
+    std::remove(temp.c_str());
+    fail_input(path.string(), std::string("cannot sync the written file to disk: ") + std::strerror(saved_errno));
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    saved_errno = errno;
+    std::remove(temp.c_str());
+    fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(saved_errno));
+  }
+}
+
+}  // namespace
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
+  create_parent_directory(path);
+  const std::string temp = temporary_name(path);
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail_input(path.string(), std::string("cannot write: ") + std::strerror(errno));
   const char* data = contents.data();
@@ -52,18 +84,28 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& con
     data += n;
     left -= static_cast<size_t>(n);
   }
-  // fsync before the rename: after a crash the file is either the old one or the complete new one.
-  if (saved_errno == 0 && ::fsync(fd) != 0) saved_errno = errno;
   if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
   if (saved_errno != 0) {
     std::remove(temp.c_str());
     fail_input(path.string(), std::string("write failed (disk full?): ") + std::strerror(saved_errno));
   }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    saved_errno = errno;
+  sync_and_rename(temp, path);
+}
+
+void write_file_atomic_with(const std::filesystem::path& path,
+                            const std::function<void(const std::filesystem::path&)>& write_temporary) {
+  create_parent_directory(path);
+  const std::string temp = temporary_name(path);
+  try {
+    write_temporary(temp);
+  } catch (...) {
     std::remove(temp.c_str());
-    fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(saved_errno));
+    throw;
   }
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(temp, ec))
+    fail_input(path.string(), "the writer created no file (internal error)");
+  sync_and_rename(temp, path);
 }
 
 std::string json_text(const nlohmann::json& json, int indent) {

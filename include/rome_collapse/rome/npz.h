@@ -33,9 +33,9 @@ std::string serialize_npy_string(const std::string& text); // 0-d "<U{n}" array 
 
 // All members of an .npz; keys without the ".npy" suffix. InputError naming the file and member.
 std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path);
-// Writes members (name -> .npy bytes) as stored zip entries with a fixed timestamp, in name order,
-// atomically (temporary file, fsync, rename), so the same content always gives the same bytes.
-// np.load reads the result. No Zip64: the whole archive must stay under 4 GiB.
+// Writes members (name -> .npy bytes; at least one) as stored zip entries with a fixed timestamp, in
+// name order, atomically (temporary file, fsync, rename), so the same content always gives the same
+// bytes. np.load reads the result; Zip64 records are written where sizes need them (libzip).
 void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members);
 
 inline constexpr char kSecondMomentConstructor[] = "rome_collapse.SecondMoment";
