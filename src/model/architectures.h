@@ -21,17 +21,14 @@ inline at::Tensor gelu_new(const at::Tensor& x) { return at::gelu(x, "tanh"); }
 // float32 and float64 keep their own precision.
 inline at::ScalarType at_least_float(at::ScalarType type) { return at::promote_types(type, at::kFloat); }
 
-// Scaled dot-product attention with a causal mask. q: [B, H, T, hd], k/v: [B, H, P + T, hd] where
-// the first P positions come from a cache (query i sits at position P + i). `blocked`, when
-// defined, replaces the causal mask ([B, 1, T, P + T], true = masked: ragged caches).
-// Softmax in float32 as transformers does; the result has q's dtype.
+// Scaled dot-product attention. q: [B, H, T, hd], k/v: [B, H, P + T, hd] where the first P
+// positions come from a cache (query i sits at position P + i). `bias` ([B or 1, 1, T, P + T],
+// float32: 0 where a query may attend, -inf where it may not) is built once per forward pass
+// (causal_attention_bias). Scaling and masking are one kernel, bias + scale·(q kᵀ), whose result
+// is already float32 for the softmax (float32 as transformers does); the result has q's dtype.
 inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
-                                   const at::Tensor& blocked = {}) {
-  const int64_t seq_len = q.size(2), past = k.size(2) - q.size(2);
-  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) * scale;  // [B, H, T, P + T]
-  at::Tensor masked =
-      blocked.defined() ? blocked : at::ones({seq_len, past + seq_len}, q.options().dtype(at::kBool)).triu(past + 1);
-  scores = scores.masked_fill(masked, -std::numeric_limits<float>::infinity());
+                                   const at::Tensor& bias) {
+  at::Tensor scores = at::add(bias, at::matmul(q, k.transpose(-1, -2)), scale);  // [B, H, T, P + T]
   at::Tensor probs = at::softmax(scores.to(at_least_float(scores.scalar_type())), -1).to(q.scalar_type());
   return at::matmul(probs, v);  // [B, H, T, hd]
 }

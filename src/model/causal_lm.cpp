@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <thread>
 
 #include <ATen/ATen.h>
@@ -109,17 +110,23 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
   at::Tensor positions = options.row_positions.defined()
                              ? options.row_positions
                              : at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
-  at::Tensor blocked;  // ragged caches: each row's own cached positions, then causal among the new ones
+  // The attention mask as an additive bias, built once for all layers: causal among the new
+  // positions; every cached position visible, or with ragged caches (past_valid) a row's own.
+  const at::Tensor future = at::ones({seq_len, seq_len}, ids.options().dtype(at::kBool)).triu(1);  // [T, T]
+  at::Tensor blocked;  // [B or 1, 1, T, P + T], true = masked
   if (options.past_valid.defined()) {
     TORCH_CHECK(options.past_valid.size(1) == past_length, "forward: past_valid covers ", options.past_valid.size(1),
                 " cached positions, the cache has ", past_length);
     const int64_t batch = ids.size(0);
     at::Tensor past_blocked = options.past_valid.logical_not().view({batch, 1, 1, past_length}).expand(
         {batch, 1, seq_len, past_length});
-    at::Tensor future = at::ones({seq_len, seq_len}, ids.options().dtype(at::kBool)).triu(1).expand(
-        {batch, 1, seq_len, seq_len});
-    blocked = at::cat({past_blocked, future}, -1);  // [B, 1, T, P + T]
+    blocked = at::cat({past_blocked, future.expand({batch, 1, seq_len, seq_len})}, -1);
+  } else {
+    blocked = at::cat({at::zeros({seq_len, past_length}, future.options()), future}, -1).view(
+        {1, 1, seq_len, past_length + seq_len});
   }
+  const at::Tensor attention_bias = at::zeros(blocked.sizes(), ids.options().dtype(at::kFloat))
+                                        .masked_fill_(blocked, -std::numeric_limits<float>::infinity());
   if (options.record) {
     options.record->keys.resize(config_.n_layers);
     options.record->values.resize(config_.n_layers);
@@ -141,7 +148,7 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
       kv.past_values = options.past->values[layer];
     }
     kv.record = options.record != nullptr;
-    kv.blocked = blocked;
+    kv.attention_bias = attention_bias;
     hidden = block(layer, hidden, positions, options.intervention, out, kv);
     if (options.record) {
       options.record->keys[layer] = kv.keys;

@@ -35,7 +35,7 @@ class GptJ final : public CausalLM {
     // GPT-J computes attention in float32 and divides by sqrt(head_dim).
     const at::ScalarType attention_type = at_least_float(x.scalar_type());
     at::Tensor attended = causal_attention(q.to(attention_type), k.to(attention_type), v.to(attention_type),
-                                           1.0 / std::sqrt(double(head_dim)), kv.blocked)
+                                           1.0 / std::sqrt(double(head_dim)), kv.attention_bias)
                               .to(x.scalar_type());
     at::Tensor attn_out = at::linear(merge_heads(attended), weight(p + "attn.out_proj.weight"));
     at::Tensor key =

@@ -34,7 +34,7 @@ class Llama final : public CausalLM {
       k = k.repeat_interleave(heads / kv_heads, 1);
       v = v.repeat_interleave(heads / kv_heads, 1);
     }
-    at::Tensor attended = causal_attention(q, k, v, 1.0 / std::sqrt(double(head_dim)), kv.blocked);
+    at::Tensor attended = causal_attention(q, k, v, 1.0 / std::sqrt(double(head_dim)), kv.attention_bias);
     at::Tensor residual = x + at::linear(merge_heads(attended), weight(p + "self_attn.o_proj.weight"));
     at::Tensor m = rms_norm(residual, p + "post_attention_layernorm.weight");
     at::Tensor key = at::silu(at::linear(m, weight(p + "mlp.gate_proj.weight"))) *

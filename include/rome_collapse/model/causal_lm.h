@@ -64,7 +64,7 @@ struct KVCache {
 // What one block exchanges with the cache.
 struct LayerKV {
   at::Tensor past_keys, past_values;  // [B, H_kv, P, hd] or undefined
-  at::Tensor blocked;                 // [B, 1, T, P + T] true where attention is masked; undefined: causal only
+  at::Tensor attention_bias;          // [B or 1, 1, T, P + T] float32: 0 where attention may look, -inf where not
   bool record = false;                // fill keys/values with past + new
   at::Tensor keys, values;            // out
 };
