@@ -170,16 +170,7 @@ const std::vector<std::string> kTrickyTexts = {
 // Texts SentencePiece's normalizer changes (extra spaces); run.c keeps them.
 const std::vector<std::string> kExtraSpaceTexts = {" leading space", "trailing space ", "double  space", " "};
 
-void expect_input_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
-  try {
-    action();
-    ADD_FAILURE() << "expected InputError, nothing was thrown";
-  } catch (const InputError& e) {
-    for (const auto& needle : needles)
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message \"" << e.what() << "\" does not contain \"" << needle << "\"";
-  }
-}
+using test::expect_input_error;
 
 // --- hand-made vocabularies (no shared data needed) ---
 

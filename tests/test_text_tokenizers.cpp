@@ -33,17 +33,7 @@ void write_text(const fs::path& path, const std::string& text) {
   out << text;
 }
 
-// Expects `action` to throw InputError whose message contains every one of `needles`.
-void expect_input_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
-  try {
-    action();
-    ADD_FAILURE() << "expected InputError, nothing was thrown";
-  } catch (const InputError& e) {
-    for (const auto& needle : needles)
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message \"" << e.what() << "\" does not contain \"" << needle << "\"";
-  }
-}
+using test::expect_input_error;
 
 const std::vector<std::string> kRoundTripTexts = {
     "Hello world",

@@ -1,5 +1,7 @@
 #include "support/test_support.h"
 
+#include "rome_collapse/util/error.h"
+
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +81,17 @@ std::string read_if_exists(const std::filesystem::path& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+void expect_input_error(const std::function<void()>& action, const std::vector<std::string>& needles) {
+  try {
+    action();
+    ADD_FAILURE() << "expected InputError, nothing was thrown";
+  } catch (const InputError& e) {
+    for (const auto& needle : needles)
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+          << "message \"" << e.what() << "\" does not contain \"" << needle << "\"";
+  }
 }
 
 }  // namespace rc::test

@@ -2,6 +2,7 @@
 // Shared helpers for the test suite: where ../shared is, skipping when it is absent,
 // running the CLI and comparing tensors with a printed max difference.
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,9 @@ std::string read_if_exists(const std::filesystem::path& path);
 // Where the golden-value tests run the model: "cpu", or $ROME_TEST_DEVICE ("cuda" on a GPU
 // machine, scripts/gpu-check.sh), so that the same tolerances are checked on both.
 std::string test_device();
+
+// Expects `action` to throw rc::InputError whose message contains every one of `needles`.
+void expect_input_error(const std::function<void()>& action, const std::vector<std::string>& needles);
 
 }  // namespace rc::test
 
