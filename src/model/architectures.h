@@ -23,8 +23,8 @@ inline at::ScalarType at_least_float(at::ScalarType type) { return at::promote_t
 
 // Scaled dot-product attention. q: [B, H, T, hd], k/v: [B, H, P + T, hd] where the first P
 // positions come from a cache (query i sits at position P + i). `bias` ([B or 1, 1, T, P + T],
-// float32: 0 where a query may attend, -inf where it may not) is built once per forward pass
-// (causal_attention_bias). Scaling and masking are one kernel, bias + scale·(q kᵀ), whose result
+// float32: 0 where a query may attend, -inf where it may not) is built once per forward pass in
+// CausalLM::forward. Scaling and masking are one kernel, bias + scale·(q kᵀ), whose result
 // is already float32 for the softmax (float32 as transformers does); the result has q's dtype.
 inline at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
                                    const at::Tensor& bias) {

@@ -110,20 +110,17 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
   at::Tensor positions = options.row_positions.defined()
                              ? options.row_positions
                              : at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
-  // The attention mask as an additive bias, built once for all layers: causal among the new
-  // positions; every cached position visible, or with ragged caches (past_valid) a row's own.
-  const at::Tensor future = at::ones({seq_len, seq_len}, ids.options().dtype(at::kBool)).triu(1);  // [T, T]
-  at::Tensor blocked;  // [B or 1, 1, T, P + T], true = masked
+  // The attention mask as an additive bias, built once for all layers: causal (query i sits at
+  // position P + i); with ragged caches (past_valid) a row also skips the cached positions not its own.
+  at::Tensor blocked = at::ones({seq_len, past_length + seq_len}, ids.options().dtype(at::kBool))
+                           .triu(past_length + 1)
+                           .view({1, 1, seq_len, past_length + seq_len});  // true = masked
   if (options.past_valid.defined()) {
     TORCH_CHECK(options.past_valid.size(1) == past_length, "forward: past_valid covers ", options.past_valid.size(1),
                 " cached positions, the cache has ", past_length);
     const int64_t batch = ids.size(0);
-    at::Tensor past_blocked = options.past_valid.logical_not().view({batch, 1, 1, past_length}).expand(
-        {batch, 1, seq_len, past_length});
-    blocked = at::cat({past_blocked, future.expand({batch, 1, seq_len, seq_len})}, -1);
-  } else {
-    blocked = at::cat({at::zeros({seq_len, past_length}, future.options()), future}, -1).view(
-        {1, 1, seq_len, past_length + seq_len});
+    at::Tensor invalid = at::cat({options.past_valid.logical_not(), at::zeros({batch, seq_len}, blocked.options())}, 1);
+    blocked = blocked.logical_or(invalid.view({batch, 1, 1, past_length + seq_len}));  // [B, 1, T, P + T]
   }
   const at::Tensor attention_bias = at::zeros(blocked.sizes(), ids.options().dtype(at::kFloat))
                                         .masked_fill_(blocked, -std::numeric_limits<float>::infinity());

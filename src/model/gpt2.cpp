@@ -37,8 +37,8 @@ class Gpt2 final : public CausalLM {
     auto parts = qkv.split(d, -1);
     at::Tensor k = split_heads(parts[1], heads, head_dim), v = split_heads(parts[2], heads, head_dim);
     attach_cache(k, v, kv);
-    at::Tensor attended =
-        causal_attention(split_heads(parts[0], heads, head_dim), k, v, 1.0 / std::sqrt(double(head_dim)), kv.attention_bias);
+    at::Tensor attended = causal_attention(split_heads(parts[0], heads, head_dim), k, v,
+                                           1.0 / std::sqrt(double(head_dim)), kv.attention_bias);
     at::Tensor residual =
         x + at::linear(merge_heads(attended), weight(p + "attn.c_proj.weight"), weight(p + "attn.c_proj.bias"));
     at::Tensor key = gelu_new(at::linear(layer_norm(residual, p + "ln_2"), weight(p + "mlp.c_fc.weight"),

@@ -312,7 +312,6 @@ void write_npz(const std::filesystem::path& path, const std::map<std::string, st
   });
 }
 
-
 SecondMoment read_second_moment_npz(const std::filesystem::path& path) {
   auto members = read_npz(path);
   const std::string file = path.string();

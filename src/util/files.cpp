@@ -45,52 +45,15 @@ std::string temporary_name(const std::filesystem::path& path) {
 }
 
 // fsync before the rename: after a crash the file is either the old one or the complete new one.
-// Removes the temporary on failure.
-void sync_and_rename(const std::string& temp, const std::filesystem::path& path) {
+void sync_to_disk(const std::string& temp, const std::filesystem::path& path) {
   const int fd = ::open(temp.c_str(), O_RDONLY | O_CLOEXEC);
-  int saved_errno = fd < 0 ? errno : 0;
-  if (fd >= 0) {
-    if (::fsync(fd) != 0) saved_errno = errno;
-    ::close(fd);
-  }
-  if (saved_errno != 0) {
-    std::remove(temp.c_str());
+  const int saved_errno = fd < 0 ? errno : ::fsync(fd) != 0 ? errno : 0;
+  if (fd >= 0) ::close(fd);
+  if (saved_errno != 0)
     fail_input(path.string(), std::string("cannot sync the written file to disk: ") + std::strerror(saved_errno));
-  }
-  if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    saved_errno = errno;
-    std::remove(temp.c_str());
-    fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(saved_errno));
-  }
 }
 
 }  // namespace
-
-void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
-  create_parent_directory(path);
-  const std::string temp = temporary_name(path);
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_input(path.string(), std::string("cannot write: ") + std::strerror(errno));
-  const char* data = contents.data();
-  size_t left = contents.size();
-  int saved_errno = 0;
-  while (left > 0) {
-    const ssize_t n = ::write(fd, data, std::min<size_t>(left, size_t(1) << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      saved_errno = n < 0 ? errno : ENOSPC;
-      break;
-    }
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-  if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
-  if (saved_errno != 0) {
-    std::remove(temp.c_str());
-    fail_input(path.string(), std::string("write failed (disk full?): ") + std::strerror(saved_errno));
-  }
-  sync_and_rename(temp, path);
-}
 
 void write_file_atomic_with(const std::filesystem::path& path,
                             const std::function<void(const std::filesystem::path&)>& write_temporary) {
@@ -98,14 +61,36 @@ void write_file_atomic_with(const std::filesystem::path& path,
   const std::string temp = temporary_name(path);
   try {
     write_temporary(temp);
+    sync_to_disk(temp, path);
+    if (std::rename(temp.c_str(), path.c_str()) != 0)
+      fail_input(path.string(), std::string("cannot rename temporary file into place: ") + std::strerror(errno));
   } catch (...) {
     std::remove(temp.c_str());
     throw;
   }
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(temp, ec))
-    fail_input(path.string(), "the writer created no file (internal error)");
-  sync_and_rename(temp, path);
+}
+
+void write_file_atomic(const std::filesystem::path& path, const std::string& contents) {
+  write_file_atomic_with(path, [&](const std::filesystem::path& temp) {
+    const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) fail_input(path.string(), std::string("cannot write: ") + std::strerror(errno));
+    const char* data = contents.data();
+    size_t left = contents.size();
+    int saved_errno = 0;
+    while (left > 0) {
+      const ssize_t n = ::write(fd, data, std::min<size_t>(left, size_t(1) << 30));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        saved_errno = n < 0 ? errno : ENOSPC;
+        break;
+      }
+      data += n;
+      left -= static_cast<size_t>(n);
+    }
+    if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
+    if (saved_errno != 0)
+      fail_input(path.string(), std::string("write failed (disk full?): ") + std::strerror(saved_errno));
+  });
 }
 
 std::string json_text(const nlohmann::json& json, int indent) {
