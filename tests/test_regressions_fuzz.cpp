@@ -19,6 +19,7 @@
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
+#include "rome_collapse/util/json.h"
 #include "support/test_support.h"
 
 namespace rc {
@@ -188,6 +189,42 @@ TEST(FuzzRegressions, EmptyNpyArrayToTensor) {
   const NpyArray array = parse_npy(npy, "input.npy");
   EXPECT_EQ(array.numel(), 0);
   EXPECT_EQ(array.tensor().numel(), 0);
+}
+
+// Issue 17: 100,000 nested lists in a config.json field crashed the process (exit 139: recursion
+// while printing the value into a message); 20,000 levels were echoed into a 40 KB message. Every
+// reader parses through parse_json, which refuses nesting beyond kMaxJsonDepth while parsing, and
+// messages print values through json_excerpt / excerpt.
+TEST(FuzzRegressions, JsonNestingIsBoundedWhileParsing) {
+  auto nested = [](int levels) { return std::string(levels, '[') + std::string(levels, ']'); };
+  EXPECT_NO_THROW((void)parse_json(nested(kMaxJsonDepth), "f.json"));
+  test::expect_input_error([&] { (void)parse_json(nested(kMaxJsonDepth + 1), "f.json"); },
+                           {"f.json: not valid JSON: nested deeper than 64 levels"});
+  test::expect_input_error([&] { (void)parse_json(nested(100000), "f.json", "malformed JSON"); },
+                           {"f.json: malformed JSON: nested deeper"});
+  // Objects count as levels too, and a key repeated at any depth is refused; one in two objects is not.
+  std::string objects;
+  for (int i = 0; i < 100000; ++i) objects += "{\"a\":";
+  test::expect_input_error([&] { (void)parse_json(objects, "f.json"); }, {"f.json: not valid JSON: nested deeper"});
+  test::expect_input_error([&] { (void)parse_json(R"({"a": [{"b": 1, "b": 2}]})", "f.json"); },
+                           {"duplicate key \"b\""});
+  EXPECT_NO_THROW((void)parse_json(R"({"a": {"b": 1}, "c": {"b": 2}})", "f.json"));
+  // nlohmann quotes the token it stopped at: a megabyte-long unterminated string is cut.
+  try {
+    (void)parse_json("\"" + std::string(1 << 20, 'x'), "f.json");
+    ADD_FAILURE() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 400u) << std::string(e.what()).substr(0, 400);
+  }
+}
+
+TEST(FuzzRegressions, ValuesInMessagesAreExcerpts) {
+  EXPECT_EQ(excerpt("short"), "short");
+  EXPECT_EQ(excerpt(std::string(100, 'a'), 10), "aaaaaaaaaa… (100 bytes)");
+  EXPECT_EQ(excerpt("ééééé", 3), "é… (10 bytes)");  // never half a character
+  const nlohmann::json deep = parse_json(std::string(60, '[') + std::string(60, ']'), "f.json");
+  EXPECT_EQ(json_excerpt(deep, 8), "[[[[[[[[… (120 bytes)");
+  EXPECT_EQ(json_excerpt(nlohmann::json("\xff"), 8), "\"\xef\xbf\xbd\"");  // invalid UTF-8 replaced, not thrown
 }
 
 }  // namespace

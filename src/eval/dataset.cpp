@@ -6,6 +6,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -199,12 +200,7 @@ Dataset parse_dataset(const json& data, const std::string& source, DatasetFormat
 
 Dataset read_dataset(const std::filesystem::path& path, DatasetFormat format) {
   const std::string text = read_file(path);
-  json data;
-  try {
-    data = json::parse(text);
-  } catch (const json::exception& e) {
-    fail_input(path.string(), std::string("malformed JSON: ") + e.what());
-  }
+  const json data = parse_json(text, path.string(), "malformed JSON");
   return parse_dataset(data, path.string(), format);
 }
 

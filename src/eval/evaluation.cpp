@@ -152,7 +152,7 @@ TextSelection parse_text_selection(const json& value, const std::string& where) 
       (key == "longer_than" ? selection.longer_than : key == "cut_at" ? selection.cut_at : selection.first) =
           item.value().get<int64_t>();
     } else {
-      throw InputError(where + ": unknown field \"" + key + "\"");
+      throw InputError(where + ": unknown field \"" + excerpt(key) + "\"");
     }
   }
   return selection;

@@ -6,6 +6,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -27,12 +28,7 @@ std::vector<std::string> read_texts(const std::filesystem::path& path) {
   std::vector<std::string> texts;
   if (first == std::string::npos) fail_input(path.string(), "no texts in file");
   if (contents[first] == '[') {
-    nlohmann::json list;
-    try {
-      list = nlohmann::json::parse(contents);
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(path.string(), std::string("malformed JSON: ") + e.what());
-    }
+    const nlohmann::json list = parse_json(contents, path.string(), "malformed JSON");
     for (size_t i = 0; i < list.size(); ++i)
       texts.push_back(text_of(list[i], path.string() + ": record " + std::to_string(i)));
   } else if (contents[first] == '{') {
@@ -41,12 +37,7 @@ std::vector<std::string> read_texts(const std::filesystem::path& path) {
     for (size_t number = 1; std::getline(lines, line); ++number) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       const std::string where = path.string() + ": line " + std::to_string(number);
-      nlohmann::json record;
-      try {
-        record = nlohmann::json::parse(line);
-      } catch (const nlohmann::json::exception& e) {
-        throw InputError(where + ": malformed JSON: " + e.what());
-      }
+      const nlohmann::json record = parse_json(line, where, "malformed JSON");
       texts.push_back(text_of(record, where));
     }
   } else {

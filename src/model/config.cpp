@@ -4,6 +4,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 
@@ -52,7 +53,7 @@ class ConfigReader {
   bool bool_or(const std::string& field, bool fallback) const {
     if (!has(field)) return fallback;
     const auto& value = json_.at(field);
-    if (!value.is_boolean()) fail_input(file_, "field '" + field + "' must be true or false, got " + value.dump());
+    if (!value.is_boolean()) fail_input(file_, "field '" + field + "' must be true or false, got " + json_excerpt(value));
     return value.get<bool>();
   }
 
@@ -67,31 +68,31 @@ class ConfigReader {
     }
     if (!id->is_number_integer() || id->get<int64_t>() < 0)
       fail_input(file_, "field '" + field + "' must be a non-negative integer, a list of them or null, got " +
-                            value.dump());
+                            json_excerpt(value));
     return id->get<int64_t>();
   }
 
   int64_t positive_int_value(const nlohmann::json& value, const std::string& field) const {
     if (!value.is_number_integer())
-      fail_input(file_, "field '" + field + "' must be a positive integer, got " + value.dump());
+      fail_input(file_, "field '" + field + "' must be a positive integer, got " + json_excerpt(value));
     // An unsigned value above INT64_MAX would wrap to a negative int64 (refused below).
     if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
-      fail_input(file_, "field '" + field + "' is " + value.dump() + ", beyond any plausible model");
+      fail_input(file_, "field '" + field + "' is " + json_excerpt(value) + ", beyond any plausible model");
     int64_t number = value.get<int64_t>();
-    if (number <= 0) fail_input(file_, "field '" + field + "' must be a positive integer, got " + value.dump());
+    if (number <= 0) fail_input(file_, "field '" + field + "' must be a positive integer, got " + json_excerpt(value));
     const bool layers = field == "n_layer" || field == "num_hidden_layers";
     const int64_t limit = layers ? kMaxLayers : kMaxDimension;
     if (number > limit)
-      fail_input(file_, "field '" + field + "' is " + value.dump() + ", above the sanity limit of " +
+      fail_input(file_, "field '" + field + "' is " + json_excerpt(value) + ", above the sanity limit of " +
                             std::to_string(limit) + (layers ? " layers" : "") +
                             " (corrupt config.json? no supported model comes close)");
     return number;
   }
 
   double positive_number_value(const nlohmann::json& value, const std::string& field) const {
-    if (!value.is_number()) fail_input(file_, "field '" + field + "' must be a number, got " + value.dump());
+    if (!value.is_number()) fail_input(file_, "field '" + field + "' must be a number, got " + json_excerpt(value));
     double number = value.get<double>();
-    if (!(number > 0)) fail_input(file_, "field '" + field + "' must be positive, got " + value.dump());
+    if (!(number > 0)) fail_input(file_, "field '" + field + "' must be positive, got " + json_excerpt(value));
     return number;
   }
 
@@ -132,7 +133,7 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
   ConfigReader reader(json, file);
   if (!json.contains("model_type")) fail_input(file, "missing required field 'model_type'");
   if (!json.at("model_type").is_string())
-    fail_input(file, "field 'model_type' must be a string, got " + json.at("model_type").dump());
+    fail_input(file, "field 'model_type' must be a string, got " + json_excerpt(json.at("model_type")));
 
   ModelConfig config;
   config.model_type = json.at("model_type").get<std::string>();
@@ -191,7 +192,7 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
         if (!rope.contains(type_field) || rope.at(type_field).is_null()) continue;
         const auto& type = rope.at(type_field);
         if (!type.is_string() || type.get<std::string>() != "default")
-          fail_input(file, std::string("field '") + block + "." + type_field + "' is " + type.dump() +
+          fail_input(file, std::string("field '") + block + "." + type_field + "' is " + json_excerpt(type) +
                                "; only the default (unscaled) RoPE is supported");
       }
     }
@@ -200,7 +201,7 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
         fail_input(file, std::string("field '") + bias_field + "' is true; Llama projections with biases are not supported");
     }
   } else {
-    fail_input(file, "field 'model_type' is \"" + config.model_type + "\"; supported model types: " +
+    fail_input(file, "field 'model_type' is \"" + excerpt(config.model_type) + "\"; supported model types: " +
                          kSupportedModelTypes);
   }
   config.bos_token_id = reader.token_id("bos_token_id");
@@ -209,13 +210,7 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
 }
 
 ModelConfig load_hf_config(const std::filesystem::path& config_json) {
-  std::string text = read_file(config_json);
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& error) {
-    fail_input(config_json.string(), std::string("not valid JSON: ") + error.what());
-  }
+  const nlohmann::json json = parse_json(read_file(config_json), config_json.string());
   return parse_hf_config(json, config_json.string());
 }
 

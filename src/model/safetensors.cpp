@@ -13,6 +13,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 
@@ -105,37 +106,37 @@ uint64_t json_unsigned(const nlohmann::json& value, const std::string& file, con
                        const std::string& field) {
   if (value.is_number_unsigned()) return value.get<uint64_t>();
   if (value.is_number_integer() && value.get<int64_t>() >= 0) return static_cast<uint64_t>(value.get<int64_t>());
-  fail_input(file, "tensor '" + tensor + "': " + field + " must hold non-negative integers, got " + value.dump());
+  fail_input(file, "tensor '" + excerpt(tensor) + "': " + field + " must hold non-negative integers, got " + json_excerpt(value));
 }
 
 SafetensorsEntry parse_entry(const std::string& file, const std::string& name, const nlohmann::json& spec,
                              uint64_t data_size) {
-  const std::string where = "tensor '" + name + "': ";
-  if (!spec.is_object()) fail_input(file, where + "header entry must be an object, got " + spec.dump());
+  const std::string where = "tensor '" + excerpt(name) + "': ";
+  if (!spec.is_object()) fail_input(file, where + "header entry must be an object, got " + json_excerpt(spec));
   for (const char* field : {"dtype", "shape", "data_offsets"})
     if (!spec.contains(field)) fail_input(file, where + "header entry lacks '" + field + "'");
 
   SafetensorsEntry entry;
-  if (!spec.at("dtype").is_string()) fail_input(file, where + "dtype must be a string, got " + spec.at("dtype").dump());
+  if (!spec.at("dtype").is_string()) fail_input(file, where + "dtype must be a string, got " + json_excerpt(spec.at("dtype")));
   entry.dtype = spec.at("dtype").get<std::string>();
   const DtypeInfo* dtype = find_dtype(entry.dtype);
   if (dtype == nullptr)
-    fail_input(file, where + "unknown dtype \"" + entry.dtype + "\" (known: " + known_dtype_list() + ")");
+    fail_input(file, where + "unknown dtype \"" + excerpt(entry.dtype) + "\" (known: " + known_dtype_list() + ")");
 
   const auto& shape = spec.at("shape");
-  if (!shape.is_array()) fail_input(file, where + "shape must be a list, got " + shape.dump());
+  if (!shape.is_array()) fail_input(file, where + "shape must be a list, got " + json_excerpt(shape));
   uint64_t numel = 1;
   bool overflow = false;
   for (const auto& dim : shape) {
     uint64_t size = json_unsigned(dim, file, name, "shape");
-    if (size > static_cast<uint64_t>(INT64_MAX)) fail_input(file, where + "shape dimension too large: " + dim.dump());
+    if (size > static_cast<uint64_t>(INT64_MAX)) fail_input(file, where + "shape dimension too large: " + json_excerpt(dim));
     entry.shape.push_back(static_cast<int64_t>(size));
     overflow |= __builtin_mul_overflow(numel, size, &numel);
   }
 
   const auto& offsets = spec.at("data_offsets");
   if (!offsets.is_array() || offsets.size() != 2)
-    fail_input(file, where + "data_offsets must be [begin, end], got " + offsets.dump());
+    fail_input(file, where + "data_offsets must be [begin, end], got " + json_excerpt(offsets));
   entry.begin = json_unsigned(offsets.at(0), file, name, "data_offsets");
   entry.end = json_unsigned(offsets.at(1), file, name, "data_offsets");
   const std::string offsets_text = "[" + std::to_string(entry.begin) + ", " + std::to_string(entry.end) + "]";
@@ -173,12 +174,8 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   if (header_size > kMaxHeaderBytes)
     fail_input(file, "header length " + std::to_string(header_size) + " exceeds the 100 MB limit");
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const nlohmann::json::exception& error) {
-    fail_input(file, std::string("header is not valid JSON: ") + error.what());
-  }
+  const nlohmann::json header =
+      parse_json(std::string_view(reinterpret_cast<const char*>(bytes + 8), header_size), file, "header is not valid JSON");
   if (!header.is_object()) fail_input(file, "header is not a JSON object");
 
   SafetensorsFile result;
@@ -189,7 +186,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
       if (spec.is_null()) continue;
       if (!spec.is_object()) fail_input(file, "__metadata__ must be an object of strings");
       for (const auto& [key, value] : spec.items()) {
-        if (!value.is_string()) fail_input(file, "__metadata__ field '" + key + "' must be a string");
+        if (!value.is_string()) fail_input(file, "__metadata__ field '" + excerpt(key) + "' must be a string");
         result.metadata_[key] = value.get<std::string>();
       }
       continue;

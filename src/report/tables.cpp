@@ -7,6 +7,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -64,11 +65,7 @@ ResultsFile read_results_file(const std::filesystem::path& path) {
     }
     const std::string line = contents.substr(start, end - start);
     if (line.find_first_not_of(" \t\r") != std::string::npos) {
-      try {
-        file.lines.push_back(json::parse(line));
-      } catch (const json::exception& e) {
-        throw InputError(path.string() + ": line " + std::to_string(number) + ": malformed JSON: " + e.what());
-      }
+      file.lines.push_back(parse_json(line, path.string() + ": line " + std::to_string(number), "malformed JSON"));
     }
     start = end + 1;
     file.complete_bytes = start;
@@ -212,12 +209,7 @@ json tables_summary(const std::vector<TableRow>& rows, const TableSettings& sett
 
 std::vector<TableRow> write_tables(const std::filesystem::path& dir) {
   const auto run_path = dir / "run.json";
-  json run;
-  try {
-    run = json::parse(read_file(run_path));
-  } catch (const json::exception& e) {
-    fail_input(run_path.string(), std::string("malformed JSON: ") + e.what());
-  }
+  const json run = parse_json(read_file(run_path), run_path.string(), "malformed JSON");
   const TableSettings settings = table_settings_from_run(run, run_path.string());
   const ResultsFile results = read_results_file(dir / "results.jsonl");
   const std::vector<TableRow> rows = compute_tables(results.lines, settings);

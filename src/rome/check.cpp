@@ -13,6 +13,7 @@
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -89,12 +90,7 @@ std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer&
 
 KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const std::string& requests_file) {
   const std::string text = read_file(config_path);
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(config_path.string(), std::string("malformed JSON: ") + e.what());
-  }
+  const nlohmann::json json = parse_json(text, config_path.string(), "malformed JSON");
   std::filesystem::path base = config_path.parent_path();
   if (base.empty()) base = ".";
   KeyRunSetup setup;

@@ -5,6 +5,8 @@
 
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
+#include "rome_collapse/util/json.h"
+#include "rome_collapse/util/run_guard.h"
 
 namespace rc {
 namespace {
@@ -69,17 +71,14 @@ SecondMomentCollector SecondMomentCollector::restore(const std::filesystem::path
                          "\"" + start_over);
   nlohmann::json stored;
   try {
-    stored = nlohmann::json::parse(members.at("fingerprint").string());
-  } catch (const nlohmann::json::exception&) {
-    fail_input(file, "member 'fingerprint' is not JSON" + start_over);
+    stored = parse_json(members.at("fingerprint").string(), file + ": member 'fingerprint'");
+  } catch (const InputError& e) {
+    throw InputError(e.what() + start_over);
   }
   if (stored != fingerprint) {
     std::string differing;
-    for (const auto& item : fingerprint.items())
-      if (!stored.contains(item.key()) || stored[item.key()] != item.value())
-        differing += (differing.empty() ? "" : ", ") + item.key();
-    for (const auto& item : stored.items())
-      if (!fingerprint.contains(item.key())) differing += (differing.empty() ? "" : ", ") + item.key();
+    for (const std::string& line : fingerprint_differences(stored, fingerprint))
+      differing += (differing.empty() ? "" : "; ") + line;
     fail_input(file, "this partial statistics file belongs to another run (differs in: " + differing +
                          "); rerun with the same options to resume it, or delete " + file + " to start over");
   }

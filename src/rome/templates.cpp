@@ -25,7 +25,7 @@ std::vector<std::string> generate_context_templates(const LoadedModel& loaded, c
         std::vector<int64_t> sequence = prompt;
         std::vector<int64_t> generated = generate(*loaded.model, prompt, options);
         sequence.insert(sequence.end(), generated.begin(), generated.end());
-        std::string text = loaded.tokenizer->decode(sequence);
+        std::string text = loaded.decode(sequence);
         text.erase(std::remove_if(text.begin(), text.end(), [](char c) { return c == '{' || c == '}'; }), text.end());
         templates.push_back(text + ". {}");
       }
@@ -40,7 +40,7 @@ void validate_templates(const std::vector<std::string>& templates, const std::st
   for (size_t i = 0; i < templates.size(); ++i) {
     const size_t at = templates[i].find("{}");
     if (at == std::string::npos || templates[i].find("{}", at + 2) != std::string::npos)
-      throw InputError(where + "[" + std::to_string(i) + "]: must contain exactly one \"{}\": \"" + templates[i] + "\"");
+      throw InputError(where + "[" + std::to_string(i) + "]: must contain exactly one \"{}\": \"" + excerpt(templates[i]) + "\"");
   }
 }
 
@@ -76,7 +76,7 @@ TemplateSpec parse_template_spec(const nlohmann::json& json, const std::string& 
       } else if (key == "seed") {
         spec.generation.seed = item.value().get<uint64_t>();
       } else {
-        throw InputError(gwhere + ": unknown field \"" + key + "\"");
+        throw InputError(gwhere + ": unknown field \"" + excerpt(key) + "\"");
       }
     }
   } catch (const nlohmann::json::exception& e) {

@@ -9,6 +9,7 @@
 #include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -24,12 +25,7 @@ bool is_file(const fs::path& path) {
 }
 
 nlohmann::json parse_tokenizer_json(const fs::path& path) {
-  std::string text = read_file(path);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(path.string(), std::string("not valid JSON: ") + e.what());
-  }
+  return parse_json(read_file(path), path.string());
 }
 
 // llama2.c tokenizer files in `dir`: tokenizer.bin, else tok*.bin (tok512.bin, tok4096.bin, ...).

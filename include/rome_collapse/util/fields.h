@@ -47,7 +47,7 @@ void read_fields(Object& object, const nlohmann::json& json, const std::string& 
     if (json.contains(name)) detail::read_field(json[name], member, where + "." + name);
   });
   for (const auto& item : json.items())
-    if (!known.count(item.key())) throw InputError(where + ": unknown field \"" + item.key() + "\"");
+    if (!known.count(item.key())) throw InputError(where + ": unknown field \"" + excerpt(item.key()) + "\"");
 }
 
 template <class Object>
