@@ -24,6 +24,8 @@
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
+#include "rome_collapse/util/run_guard.h"
 
 namespace rc::cli {
 namespace {
@@ -34,9 +36,6 @@ namespace fs = std::filesystem;
 constexpr int kRunSchemaVersion = 1;
 const std::vector<std::string> kBatchKeys = {"dataset",   "methods",    "cases",     "collapse_cases",
                                              "sequential", "evaluation", "perplexity_selection"};
-
-volatile std::sig_atomic_t g_signal = 0;
-extern "C" void remember_signal(int signal) { g_signal = signal; }
 
 struct Shard {
   int64_t index = 0, count = 1;
@@ -80,7 +79,7 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
     throw InputError(source + ": missing field \"dataset\" ({\"path\": FILE, \"format\": \"auto\"})");
   for (const auto& item : raw["dataset"].items())
     if (item.key() != "path" && item.key() != "format")
-      throw InputError(source + ": dataset: unknown field \"" + item.key() + "\"");
+      throw InputError(source + ": dataset: unknown field \"" + excerpt(item.key()) + "\"");
   if (!raw["dataset"].contains("path") || !raw["dataset"]["path"].is_string())
     throw InputError(source + ": dataset.path: expected a string");
   const fs::path path = raw["dataset"]["path"].get<std::string>();
@@ -134,7 +133,7 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
     const json& evaluation = raw["evaluation"];
     if (!evaluation.is_object()) throw InputError(source + ": evaluation: expected an object");
     for (const auto& item : evaluation.items()) {
-      if (item.key() != "max_length") throw InputError(source + ": evaluation: unknown field \"" + item.key() + "\"");
+      if (item.key() != "max_length") throw InputError(source + ": evaluation: unknown field \"" + excerpt(item.key()) + "\"");
       if (!item.value().is_number_integer() || item.value().get<int64_t>() < 1)
         throw InputError(source + ": evaluation.max_length: expected a positive integer");
       s.evaluation.max_length = item.value().get<int64_t>();
@@ -152,12 +151,7 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
 // "evaluation" (where it belongs here) before the edit config's strict parsing.
 EditConfig read_batch_config(const fs::path& path) {
   const std::string text = read_file(path);
-  json raw;
-  try {
-    raw = json::parse(text);
-  } catch (const json::exception& e) {
-    fail_input(path.string(), std::string("malformed JSON: ") + e.what());
-  }
+  json raw = parse_json(text, path.string(), "malformed JSON");
   if (raw.is_object() && raw.contains("hparams") && raw["hparams"].is_object() && raw["hparams"].contains("max_length")) {
     json& evaluation = raw["evaluation"];
     if (evaluation.is_null()) evaluation = json::object();
@@ -268,7 +262,18 @@ struct BatchRun {
   fs::path dir;
 };
 
-json run_description(const BatchRun& run, const EditContext& context, const LoadedModel& loaded) {
+// Every file the run's results depend on, by content: a resume into a run whose inputs changed
+// would mix old and new results.
+json run_inputs(const BatchRun& run, const LoadedModel& loaded) {
+  std::vector<RunInput> inputs = {{"dataset", run.settings.dataset_path},
+                                  {"perplexity_texts", run.config.perplexity_texts},
+                                  {"model", loaded.model_path},
+                                  {"tokenizer", loaded.tokenizer_path}};
+  if (run.config.hparams.mom2_adjustment) inputs.push_back({"stats", run.config.hparams.stats});
+  return input_fingerprint(inputs);
+}
+
+json run_description(const BatchRun& run, const EditContext& context, const LoadedModel& loaded, const json& inputs) {
   const auto& s = run.settings;
   std::vector<std::string> methods;
   for (EditMethod m : s.methods) methods.push_back(to_string(m));
@@ -293,6 +298,7 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
           {"version", ROME_COLLAPSE_VERSION},
           {"config_source", run.config.source},
           {"config_sha256", run.config.config_sha256},
+          {"inputs", inputs},
           {"config", config},
           {"shard", {{"index", run.shard.index}, {"count", run.shard.count}}},
           {"positions", positions},
@@ -309,12 +315,54 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
             {"hparams", fields_to_json(run.config.hparams)}}}};
 }
 
-json read_run_json(const fs::path& path) {
-  try {
-    return json::parse(read_file(path));
-  } catch (const json::exception& e) {
-    fail_input(path.string(), std::string("malformed JSON: ") + e.what());
+// The (position/method) pairs results.jsonl already holds; a line of another selection, a pair
+// written twice or a line without its keys is an error, never silently counted.
+std::map<std::string, json> finished_pairs(const ResultsFile& existing, const std::vector<const EditRecord*>& records,
+                                           const fs::path& results_path) {
+  std::map<int64_t, const EditRecord*> by_position;
+  for (const EditRecord* r : records) by_position[r->position] = r;
+  std::map<std::string, json> done;
+  for (size_t i = 0; i < existing.lines.size(); ++i) {
+    const json& line = existing.lines[i];
+    const std::string where = results_path.string() + ": line " + std::to_string(i + 1);
+    int64_t position = 0, case_id = 0;
+    std::string method;
+    try {
+      position = line.at("position").get<int64_t>();
+      case_id = line.at("case_id").get<int64_t>();
+      method = line.at("method").get<std::string>();
+    } catch (const json::exception&) {
+      throw InputError(where + ": expected integer \"position\" and \"case_id\" and a string \"method\"");
+    }
+    if (!by_position.count(position) || by_position[position]->case_id != case_id)
+      throw InputError(where + ": the line for case " + std::to_string(case_id) + " at position " +
+                       std::to_string(position) + " does not belong to this run's selection");
+    if (!done.emplace(pair_key(position, method), line).second)
+      throw InputError(where + ": case " + std::to_string(case_id) + " (" + excerpt(method) +
+                       ") appears twice (two runs wrote into this directory at once?); remove the repeated lines "
+                       "or start again in a new --out directory");
   }
+  return done;
+}
+
+// A resume must see the files the run started with; a run.json from before fingerprints is let
+// through with a note (only its config hash can be compared).
+void check_same_inputs(const json& previous, const json& inputs, const fs::path& run_path) {
+  if (!previous.contains("inputs")) {
+    std::cerr << "batch: note: " << run_path.string() << " records no input fingerprint (an older run); "
+              << "only its config is checked\n";
+    return;
+  }
+  const std::vector<std::string> differences = fingerprint_differences(previous["inputs"], inputs);
+  if (differences.empty()) return;
+  std::string list;
+  for (const std::string& line : differences) list += "\n  " + line;
+  fail_input(run_path.string(), "the inputs changed since this run started, resuming would mix old and new results:" +
+                                    list + "\nrestore them, or use a new --out directory");
+}
+
+json read_run_json(const fs::path& path) {
+  return parse_json(read_file(path), path.string(), "malformed JSON");
 }
 
 }  // namespace
@@ -330,7 +378,12 @@ int run_batch(const BatchArgs& args) {
   run.dataset = read_dataset(run.settings.dataset_path, run.settings.dataset_format);
   run.records = select_records(run.dataset, run.settings.cases, run.shard, run.config.source);
   run.dir = args.out.empty() ? fs::path("batch-" + config_path.stem().string()) : fs::path(args.out);
-  fs::create_directories(run.dir);
+  std::error_code dir_error;
+  fs::create_directories(run.dir, dir_error);
+  if (dir_error) fail_input(run.dir.string(), "cannot create the result directory: " + dir_error.message());
+  // One run per directory: a second one would write every line twice.
+  const RunLock lock(run.dir / ".lock", "batch directory " + run.dir.string());
+  remove_stale_temporaries(run.dir);
   const fs::path run_path = run.dir / "run.json", results_path = run.dir / "results.jsonl";
 
   // Resuming: the same config (by hash) and shard; the recorded templates are reused as they are.
@@ -342,7 +395,7 @@ int run_batch(const BatchArgs& args) {
                        "use a new --out directory");
     const json shard = {{"index", run.shard.index}, {"count", run.shard.count}};
     if ((*previous)["shard"] != shard)
-      throw InputError(run_path.string() + ": this directory holds shard " + (*previous)["shard"].dump() +
+      throw InputError(run_path.string() + ": this directory holds shard " + json_excerpt((*previous)["shard"]) +
                        ", not --shard " + std::to_string(run.shard.index) + "/" + std::to_string(run.shard.count));
     run.config.templates.generate = false;
     run.config.templates.fixed = (*previous)["context_templates"].get<std::vector<std::string>>();
@@ -351,6 +404,8 @@ int run_batch(const BatchArgs& args) {
   LoadedModel loaded = load_model(run.config.model, run.config.tokenizer, run.config.add_bos, run.config.device,
                                   run.config.dtype);
   check_edit_inputs(loaded, run.config);
+  const json inputs = run_inputs(run, loaded);
+  if (previous) check_same_inputs(*previous, inputs, run_path);
   EditConfig context_config = run.config;
   if (run.settings.perplexity_selection) context_config.perplexity_texts.clear();
   EditContext context = prepare_edit_context(loaded, context_config);
@@ -360,7 +415,7 @@ int run_batch(const BatchArgs& args) {
     context.perplexity_ids = perplexity_token_ids(*loaded.tokenizer, texts, loaded.model->config().max_positions);
     context.perplexity_before = perplexity(*loaded.model, context.perplexity_ids, run.config.perplexity_batch_size);
   }
-  if (!previous) write_file_atomic(run_path, json_text(run_description(run, context, loaded)) + "\n");
+  if (!previous) write_file_atomic(run_path, json_text(run_description(run, context, loaded, inputs)) + "\n");
 
   // What is already done; a line cut off by a kill is dropped from the file before appending.
   ResultsFile existing = read_results_file(results_path);
@@ -368,32 +423,14 @@ int run_batch(const BatchArgs& args) {
     fs::resize_file(results_path, existing.complete_bytes);
     std::cerr << "batch: dropped an incomplete last line of " << results_path.string() << " (an interrupted write)\n";
   }
-  std::map<int64_t, const EditRecord*> by_position;
-  for (const EditRecord* r : run.records) by_position[r->position] = r;
-  std::map<std::string, json> done;
-  for (const auto& line : existing.lines) {
-    const int64_t position = line.at("position").get<int64_t>();
-    if (!by_position.count(position) || by_position[position]->case_id != line.at("case_id").get<int64_t>())
-      throw InputError(results_path.string() + ": a line for case " + line.at("case_id").dump() + " at position " +
-                       std::to_string(position) + " does not belong to this run's selection");
-    done[pair_key(position, line.at("method").get<std::string>())] = line;
-  }
+  const std::map<std::string, json> done = finished_pairs(existing, run.records, results_path);
 
   const int64_t layer = run.config.hparams.layer;
   const at::Tensor original_weight = loaded.model->rewrite_weight(layer).clone();
   const int64_t total = static_cast<int64_t>(run.records.size() * run.settings.methods.size());
   const int64_t to_do = total - static_cast<int64_t>(done.size());
   if (!done.empty()) std::cerr << "batch: resuming, " << done.size() << " of " << total << " edits already done\n";
-  g_signal = 0;
-  auto previous_int = std::signal(SIGINT, remember_signal);
-  auto previous_term = std::signal(SIGTERM, remember_signal);
-  struct RestoreSignals {
-    decltype(previous_int) int_handler, term_handler;
-    ~RestoreSignals() {
-      std::signal(SIGINT, int_handler);
-      std::signal(SIGTERM, term_handler);
-    }
-  } restore_signals{previous_int, previous_term};
+  const StopSignalScope signals;
 
   ResultsAppender appender(results_path);
   const auto started = std::chrono::steady_clock::now();
@@ -418,7 +455,7 @@ int run_batch(const BatchArgs& args) {
               << to_string(method) << "  efficacy " << line["efficacy"].get<double>() << "  |den| "
               << std::abs(outcome.update.denominator) << "  " << per_edit << " s/edit  ETA "
               << duration_text(per_edit * double(to_do - new_edits)) << "\n";
-    if (g_signal != 0 || (args.max_edits > 0 && new_edits >= args.max_edits)) stopped = true;
+    if (StopSignalScope::received() != 0 || (args.max_edits > 0 && new_edits >= args.max_edits)) stopped = true;
   };
 
   auto edit_config_for = [&](const EditRecord& record) {
@@ -492,10 +529,10 @@ int run_batch(const BatchArgs& args) {
   }
 
   write_tables(run.dir);
-  if (g_signal != 0) {
-    std::cerr << "batch: stopped by " << (g_signal == SIGINT ? "SIGINT" : "SIGTERM") << " after " << new_edits
+  if (const int signal = StopSignalScope::received(); signal != 0) {
+    std::cerr << "batch: stopped by " << StopSignalScope::name(signal) << " after " << new_edits
               << " new edits; " << results_path.string() << " is complete up to there. Run the same command to continue.\n";
-    return 128 + g_signal;
+    return 128 + signal;
   }
   if (stopped) {
     std::cerr << "batch: stopped after " << new_edits << " edits (--max-edits); run the same command to continue\n";
@@ -556,7 +593,10 @@ int run_merge(const MergeArgs& args) {
   std::string text;
   for (const auto& line : ordered) text += json_text(line, -1) + "\n";
   const fs::path out = args.out;
-  fs::create_directories(out);
+  std::error_code dir_error;
+  fs::create_directories(out, dir_error);
+  if (dir_error) fail_input(out.string(), "cannot create the result directory: " + dir_error.message());
+  const RunLock lock(out / ".lock", "batch directory " + out.string());
   json run = first_run;
   run["shard"] = {{"index", 0}, {"count", 1}};
   run["positions"] = std::vector<int64_t>(positions.begin(), positions.end());

@@ -19,45 +19,14 @@
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/run_guard.h"
 
 namespace rc::cli {
 namespace {
 
-// Exit status of a run stopped by a signal (or --stop-after-texts) after writing its checkpoint.
+// Exit status of a run stopped by --stop-after-texts after writing its checkpoint (as if by SIGINT);
+// a real signal gives 128 + its number (130 SIGINT, 143 SIGTERM).
 constexpr int kInterruptedExit = 130;
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void request_stop(int signal) {
-  if (g_stop_signal != 0) {  // a second signal: stop now, without a checkpoint
-    std::signal(signal, SIG_DFL);
-    std::raise(signal);
-    return;
-  }
-  g_stop_signal = signal;
-}
-
-// SIGINT/SIGTERM set a flag checked between batches, for the life of the stats command only.
-class StopSignalScope {
- public:
-  StopSignalScope() {
-    g_stop_signal = 0;
-    struct sigaction action {};
-    action.sa_handler = request_stop;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &previous_int_);
-    sigaction(SIGTERM, &action, &previous_term_);
-  }
-  ~StopSignalScope() {
-    sigaction(SIGINT, &previous_int_, nullptr);
-    sigaction(SIGTERM, &previous_term_, nullptr);
-  }
-  StopSignalScope(const StopSignalScope&) = delete;
-  StopSignalScope& operator=(const StopSignalScope&) = delete;
-
- private:
-  struct sigaction previous_int_ {}, previous_term_ {};
-};
 
 std::string absolute_path(const std::string& path) {
   if (path.empty() || path.rfind("builtin:", 0) == 0) return path;
@@ -131,6 +100,11 @@ int run_stats(const StatsArgs& args) {
   if (args.dtype != "float32" && args.dtype != "float64")
     throw InputError("--dtype \"" + args.dtype + "\": expected float32 or float64");
 
+  // One run per output at a time; taken first, so that a second run is refused before any work.
+  const std::filesystem::path out = args.out;
+  const RunLock lock(out.string() + ".lock", "statistics output " + out.string());
+  remove_stale_temporaries(out.has_parent_path() ? out.parent_path() : std::filesystem::path("."));
+
   LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
                                   args.model.dtype);
   const CausalLM& model = *loaded.model;
@@ -157,8 +131,10 @@ int run_stats(const StatsArgs& args) {
   if (args.samples > total)
     std::cerr << "stats: the corpus has only " << total << " texts (--samples " << args.samples << "); using all\n";
 
-  // Everything that changes the running sum; a checkpoint resumes only under the same values.
-  const nlohmann::json fingerprint = {{"model", absolute_path(loaded.model_path)},
+  // Everything that changes the running sum; a checkpoint resumes only under the same values and
+  // the same model and tokenizer files (by content).
+  const nlohmann::json fingerprint = {{"inputs", input_fingerprint({{"model", loaded.model_path},
+                                                                    {"tokenizer", loaded.tokenizer_path}})},{"model", absolute_path(loaded.model_path)},
                                       {"tokenizer", absolute_path(loaded.tokenizer_path)},
                                       {"add_bos", loaded.add_bos},
                                       {"layer", args.layer},
@@ -168,7 +144,6 @@ int run_stats(const StatsArgs& args) {
                                       {"batch_size", batch_size},
                                       {"device", args.model.device},
                                       {"compute_dtype", args.model.dtype}};
-  const std::filesystem::path out = args.out;
   const std::filesystem::path partial = checkpoint_path_for(out);
   const bool resuming = std::filesystem::exists(partial);
   SecondMomentCollector collector = resuming ? SecondMomentCollector::restore(partial, fingerprint, config.d_ff, model.device())
@@ -203,7 +178,8 @@ int run_stats(const StatsArgs& args) {
     tokens_this_run += keys.size(0);
 
     const bool finished = collector.texts_done() >= total;
-    const bool stop = g_stop_signal != 0 || (args.stop_after_texts > 0 && collector.texts_done() >= args.stop_after_texts);
+    const int signal = StopSignalScope::received();
+    const bool stop = signal != 0 || (args.stop_after_texts > 0 && collector.texts_done() >= args.stop_after_texts);
     if (!finished && (stop || collector.texts_done() - last_checkpoint >= args.checkpoint_every)) {
       collector.save_checkpoint(partial, fingerprint);
       last_checkpoint = collector.texts_done();
@@ -211,13 +187,11 @@ int run_stats(const StatsArgs& args) {
     progress.update(collector.texts_done(), tokens_this_run, finished || stop);
     if (stop && !finished) {
       progress.finish_line();
-      const std::string why = g_stop_signal == SIGTERM ? "SIGTERM"
-                              : g_stop_signal == SIGINT ? "SIGINT"
-                                                        : "--stop-after-texts";
+      const std::string why = signal != 0 ? StopSignalScope::name(signal) : "--stop-after-texts";
       std::cerr << "stats: stopped by " << why << " after " << collector.texts_done() << " of " << total
                 << " texts; checkpoint written to " << partial.string()
                 << "; run the same command again to resume\n";
-      return kInterruptedExit;
+      return signal != 0 ? 128 + signal : kInterruptedExit;
     }
   }
   progress.finish_line();

@@ -7,7 +7,10 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <memory>
+#include <vector>
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -38,6 +41,21 @@ void create_parent_directory(const std::filesystem::path& path) {
   if (ec) fail_input(path.string(), "cannot create the directory " + path.parent_path().string() + ": " + ec.message());
 }
 
+// The pid in "<name>.tmp.<pid>.<n>", our temporaries' names (libzip writes an .npz through its own
+// "<our temporary>.XXXXXX"); 0 for any other name.
+int temporary_owner(const std::string& name) {
+  const size_t tmp = name.rfind(".tmp.");
+  if (tmp == std::string::npos || tmp == 0) return 0;
+  const size_t dot = name.find('.', tmp + 5);
+  if (dot == std::string::npos || dot == tmp + 5 || dot + 1 == name.size()) return 0;
+  const std::string pid = name.substr(tmp + 5, dot - tmp - 5);
+  std::string counter = name.substr(dot + 1);
+  const size_t libzip = counter.find('.');
+  if (libzip != std::string::npos && counter.size() - libzip == 7) counter.resize(libzip);
+  auto digits = [](const std::string& s) { return s.size() <= 9 && s.find_first_not_of("0123456789") == std::string::npos; };
+  return digits(pid) && digits(counter) ? std::stoi(pid) : 0;
+}
+
 // pid + a per-process counter: concurrent writers (processes or threads) never share a temporary.
 std::string temporary_name(const std::filesystem::path& path) {
   static std::atomic<uint64_t> counter{0};
@@ -58,6 +76,7 @@ void sync_to_disk(const std::string& temp, const std::filesystem::path& path) {
 void write_file_atomic_with(const std::filesystem::path& path,
                             const std::function<void(const std::filesystem::path&)>& write_temporary) {
   create_parent_directory(path);
+  remove_stale_temporaries(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
   const std::string temp = temporary_name(path);
   try {
     write_temporary(temp);
@@ -89,7 +108,7 @@ void write_file_atomic(const std::filesystem::path& path, const std::string& con
     }
     if (::close(fd) != 0 && saved_errno == 0) saved_errno = errno;
     if (saved_errno != 0)
-      fail_input(path.string(), std::string("write failed (disk full?): ") + std::strerror(saved_errno));
+      fail_input(path.string(), std::string("write failed: ") + std::strerror(saved_errno));
   });
 }
 
@@ -97,10 +116,8 @@ std::string json_text(const nlohmann::json& json, int indent) {
   return json.dump(indent, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-std::string sha256_hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+namespace {
+std::string hex_of(const unsigned char* digest, unsigned int length) {
   static const char* hex = "0123456789abcdef";
   std::string out;
   for (unsigned int i = 0; i < length; ++i) {
@@ -109,7 +126,45 @@ std::string sha256_hex(const std::string& bytes) {
   }
   return out;
 }
+}  // namespace
 
-std::string sha256_file(const std::filesystem::path& path) { return sha256_hex(read_file(path)); }
+std::string sha256_hex(const std::string& bytes) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
+  return hex_of(digest, length);
+}
+
+std::string sha256_file(const std::filesystem::path& path) {
+  // Streamed: model files may be larger than memory.
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) fail_input(path.string(), "file not found");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail_input(path.string(), std::string("cannot open: ") + std::strerror(errno));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr);
+  std::vector<char> buffer(size_t(1) << 20);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(context.get(), buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) fail_input(path.string(), "read error while hashing");
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(context.get(), digest, &length);
+  return hex_of(digest, length);
+}
+
+void remove_stale_temporaries(const std::filesystem::path& dir) {
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    const int pid = temporary_owner(name);
+    if (pid <= 0 || pid == ::getpid()) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // its writer may still be at work
+    std::error_code ignored;
+    std::filesystem::remove(it->path(), ignored);
+  }
+}
 
 }  // namespace rc
