@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include "commands.h"
+#include "process.h"
 #include "rome_collapse/util/error.h"
 
 namespace {
@@ -23,7 +24,14 @@ void add_model_options(CLI::App* command, rc::cli::ModelArgs& args) {
 
 }  // namespace
 
+int run_command(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  rc::cli::ignore_write_signals();
+  return rc::cli::finish_standard_output(run_command(argc, argv));
+}
+
+int run_command(int argc, char** argv) {
   CLI::App app{"rome-collapse: ROME / C-ROME model editing and the study of its collapse"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("rome-collapse ") + ROME_COLLAPSE_VERSION);
@@ -156,13 +164,13 @@ int main(int argc, char** argv) {
     if (*bench) return rc::cli::run_bench(bench_args);
     // [dispatch: one line per subcommand above this line]
   } catch (const rc::InputError& e) {
-    std::cerr << "error: " << e.what() << "\n";
+    std::cerr << "error: " << rc::excerpt(e.what(), 4000) << "\n";
     return rc::cli::kInputError;
   } catch (const rc::NumericError& e) {
-    std::cerr << "numerical error: " << e.what() << "\n";
+    std::cerr << "numerical error: " << rc::excerpt(e.what(), 4000) << "\n";
     return rc::cli::kNumericError;
   } catch (const std::exception& e) {
-    std::cerr << "internal error: " << e.what() << "\n";
+    std::cerr << "internal error: " << rc::excerpt(e.what(), 4000) << "\n";
     return rc::cli::kInternalError;
   }
   return rc::cli::kInputError;
