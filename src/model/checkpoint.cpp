@@ -1,5 +1,6 @@
 #include "rome_collapse/model/checkpoint.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -11,6 +12,7 @@
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 
@@ -67,6 +69,22 @@ bool looks_like_safetensors(const std::string& prefix, uintmax_t file_size) {
                  out.string() + "', safe_serialization=True)\"\nthen pass " + out.string());
 }
 
+// A NaN or Inf weight makes every output NaN ("!!" from generate, null perplexities, an edit that
+// fails deep inside with no hint): refused at load, naming the tensor and the file (exit 3). One
+// float64 sum per tensor (no temporary of the tensor's size): it is finite exactly when every
+// element is, as no sum of float32/16 values can overflow a double.
+void check_finite_weight(const at::Tensor& tensor, const std::string& name, const std::string& file) {
+  if (!at::isFloatingType(tensor.scalar_type()) || tensor.numel() == 0) return;
+  if (std::isfinite(tensor.sum(at::kDouble).item<double>())) return;
+  const at::Tensor bad = tensor.isnan().logical_or(tensor.isinf());
+  const int64_t count = bad.sum().item<int64_t>();
+  const int64_t first = bad.reshape(-1).nonzero()[0][0].item<int64_t>();
+  const double value = tensor.reshape(-1)[first].item<double>();
+  throw NumericError(file + ": tensor '" + name + "' holds " + std::to_string(count) + " non-finite value" +
+                     (count == 1 ? "" : "s") + " (the first, at flat index " + std::to_string(first) + ", is " +
+                     std::to_string(value) + "); the checkpoint is corrupt or overflowed its dtype");
+}
+
 void check_compute_dtype(at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kHalf && dtype != at::kBFloat16)
     throw InputError(std::string("compute dtype ") + c10::toString(dtype) +
@@ -74,13 +92,15 @@ void check_compute_dtype(at::ScalarType dtype) {
 }
 
 // Floating-point weights go to the compute dtype; integer/bool buffers (e.g. GPT-2 masks) keep
-// their stored type, so they come back as views of the map.
+// their stored type, so they come back as views of the map. Weights are checked to be finite.
 at::Tensor load_entry(const SafetensorsFile& file, const std::string& name, at::ScalarType compute_dtype) {
   static const std::map<std::string, at::ScalarType> kNonFloatTypes = {
       {"I64", at::kLong}, {"I32", at::kInt},  {"I16", at::kShort},
       {"I8", at::kChar},  {"U8", at::kByte},  {"BOOL", at::kBool}};
   auto non_float = kNonFloatTypes.find(file.entries().at(name).dtype);
-  return file.tensor(name, non_float == kNonFloatTypes.end() ? compute_dtype : non_float->second);
+  at::Tensor tensor = file.tensor(name, non_float == kNonFloatTypes.end() ? compute_dtype : non_float->second);
+  check_finite_weight(tensor, name, file.path().string());
+  return tensor;
 }
 
 // ---- Hugging Face directories ----------------------------------------------------------------
@@ -100,12 +120,7 @@ Checkpoint load_single_safetensors(const fs::path& file, const fs::path& config_
 Checkpoint load_sharded_safetensors(const fs::path& index_json, const fs::path& config_json,
                                     at::ScalarType compute_dtype) {
   const std::string index_file = index_json.string();
-  nlohmann::json index;
-  try {
-    index = nlohmann::json::parse(read_file(index_json));
-  } catch (const nlohmann::json::exception& error) {
-    fail_input(index_file, std::string("not valid JSON: ") + error.what());
-  }
+  const nlohmann::json index = parse_json(read_file(index_json), index_file);
   if (!index.is_object() || !index.contains("weight_map") || !index.at("weight_map").is_object())
     fail_input(index_file, "missing field 'weight_map' (an object mapping tensor names to shard files)");
 
@@ -113,7 +128,7 @@ Checkpoint load_sharded_safetensors(const fs::path& index_json, const fs::path& 
   std::map<std::string, std::vector<std::string>> names_by_shard;
   for (const auto& [name, shard] : index.at("weight_map").items()) {
     if (!shard.is_string())
-      fail_input(index_file, "weight_map entry for tensor '" + name + "' must be a file name, got " + shard.dump());
+      fail_input(index_file, "weight_map entry for tensor '" + name + "' must be a file name, got " + json_excerpt(shard));
     fs::path shard_path = shard.get<std::string>();
     // Shards live beside the index; refuse paths that would escape the directory.
     if (shard_path.is_absolute() || shard_path.filename() != shard_path)
@@ -290,6 +305,7 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
 
   auto put = [&](const std::string& name, const at::Tensor& tensor) {
     checkpoint.tensors[name] = tensor.to(compute_dtype).contiguous();
+    check_finite_weight(checkpoint.tensors[name], name, file);
   };
   put("model.embed_tokens.weight", embedding);
   for (int64_t i = 0; i < n_layers; ++i) {
@@ -410,6 +426,11 @@ void validate_checkpoint(const Checkpoint& checkpoint) {
       if (expected.optional) continue;
       fail_input(checkpoint.source, "missing tensor '" + expected.name + "' required by " + to_string(config.arch));
     }
+    // An integer dtype on a weight is a mislabelled file (F32 bytes read as I32 have the same size).
+    if (!at::isFloatingType(found->second.scalar_type()))
+      fail_input(checkpoint.source, "tensor '" + expected.name + "' has the integer dtype " +
+                                        std::string(c10::toString(found->second.scalar_type())) +
+                                        "; a model weight must be a floating-point tensor (F32, F16, BF16, F64)");
     if (found->second.sizes() != at::IntArrayRef(expected.shape))
       fail_input(checkpoint.source, "tensor '" + expected.name + "' has shape " +
                                         shape_string(found->second.sizes()) + " but " + implied_by + " implies " +
