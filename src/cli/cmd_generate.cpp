@@ -7,6 +7,7 @@
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/eval/text_file.h"
 #include "rome_collapse/model/generation.h"
+#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -14,6 +15,7 @@
 namespace rc::cli {
 
 int run_generate(const GenerateArgs& args) {
+  check_text_size(args.prompt, "--prompt");  // before loading anything, let alone tokenizing
   LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
                                   args.model.dtype);
   std::vector<int64_t> prompt = loaded.encode(args.prompt);
@@ -33,9 +35,8 @@ int run_generate(const GenerateArgs& args) {
   // llama2.c prints it), then drop the prompt's own text.
   std::vector<int64_t> full = prompt;
   full.insert(full.end(), generated.begin(), generated.end());
-  const std::string full_text = loaded.tokenizer->decode(full), prompt_text = loaded.tokenizer->decode(prompt);
-  std::cout << (full_text.rfind(prompt_text, 0) == 0 ? full_text.substr(prompt_text.size())
-                                                     : loaded.tokenizer->decode(generated))
+  const std::string full_text = loaded.decode(full), prompt_text = loaded.decode(prompt);
+  std::cout << (full_text.rfind(prompt_text, 0) == 0 ? full_text.substr(prompt_text.size()) : loaded.decode(generated))
             << std::flush;
   return kOk;
 }

@@ -5,10 +5,12 @@
 #include "rome_collapse/eval/edit_metrics.h"
 #include "rome_collapse/eval/text_file.h"
 #include "rome_collapse/model/device_memory.h"
+#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -34,6 +36,22 @@ const std::vector<std::string> kConfigKeys = {"model",   "tokenizer", "add_bos",
                                               "perplexity", "collapse_ratio", "dump_vectors", "prefix_index",
                                               "record_timings", "description"};
 
+// Whether this machine and libtorch can run the config's device and dtype, with the file and the
+// field named (load_model would say it too, but without the config).
+void check_device_and_dtype(const std::string& device, const std::string& dtype, const std::string& source) {
+  c10::Device parsed_device(c10::kCPU);
+  try {
+    parsed_device = parse_device(device);
+  } catch (const InputError& e) {
+    throw InputError(source + ": field \"device\": " + e.what());
+  }
+  try {
+    check_dtype_supported(parse_dtype(dtype), parsed_device, dtype);
+  } catch (const InputError& e) {
+    throw InputError(source + ": field \"dtype\": " + e.what());
+  }
+}
+
 }  // namespace
 
 EditConfig parse_edit_config(const nlohmann::json& json, const std::string& source, const std::filesystem::path& base_dir,
@@ -43,7 +61,7 @@ EditConfig parse_edit_config(const nlohmann::json& json, const std::string& sour
     const std::string& key = item.key();
     if (std::find(kConfigKeys.begin(), kConfigKeys.end(), key) == kConfigKeys.end() &&
         std::find(allowed_extra.begin(), allowed_extra.end(), key) == allowed_extra.end())
-      throw InputError(source + ": unknown field \"" + key + "\"");
+      throw InputError(source + ": unknown field \"" + excerpt(key) + "\"");
   }
   EditConfig config;
   config.source = source;
@@ -68,28 +86,28 @@ EditConfig parse_edit_config(const nlohmann::json& json, const std::string& sour
   string_field("dtype", config.dtype, false);
   if (config.device != "cpu" && config.device != "cuda")
     throw InputError(source + ": field \"device\": expected \"cpu\" or \"cuda\"");
-  parse_dtype(config.dtype);
+  check_device_and_dtype(config.device, config.dtype, source);
   std::string method = "rome";
   string_field("method", method, false);
   config.method = parse_method(method, source + ": field \"method\"");
   if (json.contains("request")) config.request = parse_request(json["request"], source + ": request");
   if (json.contains("hparams")) read_fields(config.hparams, json["hparams"], source + ": hparams");
   config.hparams.stats = resolve_path(base_dir, config.hparams.stats);
-  if (config.hparams.v_num_grad_steps < 1) throw InputError(source + ": hparams.v_num_grad_steps: must be at least 1");
-  if (config.hparams.v_lr <= 0) throw InputError(source + ": hparams.v_lr: must be positive");
+  check_hparams(config.hparams, source + ": hparams");
   if (config.hparams.mom2_adjustment && config.hparams.stats.empty())
     throw InputError(source + ": hparams.stats: mom2_adjustment is true but no statistics file is named");
   if (json.contains("context_templates"))
     config.templates = parse_template_spec(json["context_templates"], source + ": context_templates");
   else
     config.templates.generate = true;
+  check_template_spec(config.templates, source + ": context_templates");
   if (json.contains("perplexity")) {
     const auto& ppl = json["perplexity"];
     if (!ppl.is_object() || !ppl.contains("texts") || !ppl["texts"].is_string())
       throw InputError(source + ": perplexity: expected {\"texts\": FILE, \"batch_size\": N}");
     for (const auto& item : ppl.items())
       if (item.key() != "texts" && item.key() != "batch_size")
-        throw InputError(source + ": perplexity: unknown field \"" + item.key() + "\"");
+        throw InputError(source + ": perplexity: unknown field \"" + excerpt(item.key()) + "\"");
     config.perplexity_texts = resolve_path(base_dir, ppl["texts"].get<std::string>());
     if (ppl.contains("batch_size")) {
       if (!ppl["batch_size"].is_number_integer() || ppl["batch_size"].get<int64_t>() < 1 ||
@@ -121,12 +139,7 @@ EditConfig parse_edit_config(const nlohmann::json& json, const std::string& sour
 
 EditConfig read_edit_config(const std::filesystem::path& path, const std::vector<std::string>& allowed_extra) {
   const std::string text = read_file(path);
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(path.string(), std::string("malformed JSON: ") + e.what());
-  }
+  const nlohmann::json json = parse_json(text, path.string(), "malformed JSON");
   std::filesystem::path base = path.parent_path();
   EditConfig config = parse_edit_config(json, path.string(), base.empty() ? "." : base, allowed_extra);
   const bool requests_elsewhere = json.contains("requests") || json.contains("dataset");

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {
@@ -13,17 +14,21 @@ std::string fill_placeholder(const std::string& text, const std::string& value) 
 }
 
 EditRequest normalize_request(EditRequest request, const std::string& where) {
+  check_text_size(request.prompt, where + ".prompt");
+  check_text_size(request.subject, where + ".subject");
+  check_text_size(request.target_new, where + ".target_new");
+  check_text_size(request.target_true, where + ".target_true");
   if (request.subject.empty()) throw InputError(where + ".subject: empty subject");
   if (request.target_new.empty()) throw InputError(where + ".target_new: empty target");
   const size_t placeholder = request.prompt.find("{}");
   if (placeholder == std::string::npos) {
     const size_t at = request.prompt.find(request.subject);
     if (at == std::string::npos)
-      throw InputError(where + ".prompt: the subject \"" + request.subject + "\" is not in the prompt \"" +
-                       request.prompt + "\" (and the prompt has no \"{}\")");
+      throw InputError(where + ".prompt: the subject \"" + excerpt(request.subject) + "\" is not in the prompt \"" +
+                       excerpt(request.prompt, 200) + "\" (and the prompt has no \"{}\")");
     request.prompt = request.prompt.substr(0, at) + "{}" + request.prompt.substr(at + request.subject.size());
   } else if (request.prompt.find("{}", placeholder + 2) != std::string::npos) {
-    throw InputError(where + ".prompt: more than one \"{}\" in \"" + request.prompt + "\"");
+    throw InputError(where + ".prompt: more than one \"{}\" in \"" + excerpt(request.prompt, 200) + "\"");
   }
   return request;
 }
@@ -44,7 +49,7 @@ EditRequest parse_request(const nlohmann::json& json, const std::string& where) 
   for (const auto& item : json.items()) {
     const std::string& key = item.key();
     if (key != "prompt" && key != "subject" && key != "target_new" && key != "target_true" && key != "case_id")
-      throw InputError(where + ": unknown field \"" + key + "\"");
+      throw InputError(where + ": unknown field \"" + excerpt(key) + "\"");
   }
   request.prompt = text("prompt", true);
   request.subject = text("subject", true);
