@@ -14,6 +14,16 @@ int64_t LoadedModel::pad_id() const {
   return model->config().eos_token_id.value_or(0);
 }
 
+std::string LoadedModel::decode(const std::vector<int64_t>& ids) const {
+  const int64_t tokens = tokenizer->vocab_size();
+  for (int64_t id : ids)
+    if (id < 0 || id >= tokens)
+      throw InputError(model_path + ": the model produced token id " + std::to_string(id) + ", but the tokenizer " +
+                       tokenizer_path + " has only " + std::to_string(tokens) + " tokens (the model's vocabulary has " +
+                       std::to_string(model->config().vocab_size) + "): this tokenizer does not belong to this model");
+  return tokenizer->decode(ids);
+}
+
 c10::Device parse_device(const std::string& device) {
   if (device == "cpu") return c10::Device(c10::kCPU);
   if (device == "cuda") {
@@ -71,7 +81,9 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
   configure_threads(&loaded.model->config());
   if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size)
     throw InputError(loaded.tokenizer_path + ": tokenizer has " + std::to_string(loaded.tokenizer->vocab_size()) +
-                     " tokens but the model's vocabulary has " + std::to_string(loaded.model->config().vocab_size));
+                     " tokens but the model " + loaded.model_path + " has a vocabulary of " +
+                     std::to_string(loaded.model->config().vocab_size) + ": its ids would index past the embedding; "
+                     "this tokenizer does not belong to this model");
   return loaded;
 }
 

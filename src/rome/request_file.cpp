@@ -7,6 +7,7 @@
 #include "rome_collapse/eval/dataset.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -34,15 +35,15 @@ RequestFormat from_dataset_format(DatasetFormat format) {
 std::vector<nlohmann::json> parse_records(const std::string& text, const std::string& source) {
   const bool lines_by_name = source.size() > 6 && source.compare(source.size() - 6, 6, ".jsonl") == 0;
   if (!lines_by_name) {
-    nlohmann::json json;
-    try {
-      json = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(source, std::string("malformed JSON: ") + e.what());
-    }
+    nlohmann::json json = parse_json(text, source, "malformed JSON");
     if (json.is_object() && json.contains("requests")) json = json["requests"];
-    if (json.is_object()) return {json};  // a single request
-    if (!json.is_array()) fail_input(source, "expected a JSON list of requests");
+    // A single request; an object that is neither a request nor a record is a layout error here,
+    // not an unknown field of record [0].
+    if (json.is_object() && (json.contains("prompt") || is_dataset_record(json))) return {json};
+    if (!json.is_array())
+      fail_input(source, "expected a JSON list of requests or dataset records (CounterFact, EasyEdit, ZsRE), "
+                         "or one request object {\"prompt\", \"subject\", \"target_new\"}; got " +
+                             std::string(json.type_name()) + " " + json_excerpt(json));
     return std::vector<nlohmann::json>(json.begin(), json.end());
   }
   std::vector<nlohmann::json> records;
@@ -50,11 +51,7 @@ std::vector<nlohmann::json> parse_records(const std::string& text, const std::st
   std::string line;
   for (size_t number = 1; std::getline(stream, line); ++number) {
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
-      records.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::exception& e) {
-      fail_input(source, "line " + std::to_string(number) + ": malformed JSON: " + e.what());
-    }
+    records.push_back(parse_json(line, source + ": line " + std::to_string(number), "malformed JSON"));
   }
   return records;
 }

@@ -13,6 +13,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/json.h"
 
 namespace rc {
 namespace {
@@ -97,12 +98,16 @@ std::string symbol_text_to_bytes(const std::string& token) {
 std::unordered_map<std::string, int64_t> parse_vocab_object(const json& vocab, const std::string& source) {
   if (!vocab.is_object()) fail_input(source, "vocabulary is not a JSON object of token -> id");
   std::unordered_map<std::string, int64_t> result;
+  std::unordered_map<int64_t, std::string> token_of_id;  // two tokens with one id would decode as either
   result.reserve(vocab.size());
   for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_integer()) fail_input(source, "vocabulary entry '" + token + "' has a non-integer id");
+    if (!id.is_number_integer()) fail_input(source, "vocabulary entry '" + excerpt(token) + "' has a non-integer id");
     int64_t value = id.get<int64_t>();
     if (value < 0 || value > kMaxTokenId)
-      fail_input(source, "vocabulary entry '" + token + "' has an out-of-range id " + std::to_string(value));
+      fail_input(source, "vocabulary entry '" + excerpt(token) + "' has an out-of-range id " + std::to_string(value));
+    if (auto [other, inserted] = token_of_id.emplace(value, token); !inserted)
+      fail_input(source, "vocabulary entries '" + excerpt(other->second) + "' and '" + excerpt(token) + "' have the same id " +
+                             std::to_string(value));
     result.emplace(token, value);
   }
   if (result.empty()) fail_input(source, "vocabulary is empty");
@@ -110,12 +115,7 @@ std::unordered_map<std::string, int64_t> parse_vocab_object(const json& vocab, c
 }
 
 json parse_json_file(const std::filesystem::path& path) {
-  std::string text = read_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail_input(path.string(), std::string("not valid JSON: ") + e.what());
-  }
+  return parse_json(read_file(path), path.string());
 }
 
 // "a b" -> {a, b}; nullopt unless the line is exactly two non-empty symbols around one space.
@@ -313,7 +313,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const json& docu
     }
     if (!merge || merge->first.empty() || merge->second.empty())
       fail_input(source, "model.merges[" + std::to_string(index - 1) + "] is neither \"a b\" nor [\"a\", \"b\"]: " +
-                             entry.dump());
+                             json_excerpt(entry));
     merges.push_back(std::move(*merge));
   }
 
@@ -323,7 +323,7 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const json& docu
     for (const auto& entry : *it) {
       if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_number_integer() ||
           !entry.contains("content") || !entry["content"].is_string())
-        fail_input(source, "added token without integer \"id\" and string \"content\": " + entry.dump());
+        fail_input(source, "added token without integer \"id\" and string \"content\": " + json_excerpt(entry));
       AddedToken added{entry["content"].get<std::string>(), entry["id"].get<int64_t>(), entry.value("special", false)};
       if (added.id < 0 || added.id > kMaxTokenId)
         fail_input(source, "added token '" + added.content + "' has an out-of-range id");

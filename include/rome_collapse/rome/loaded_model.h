@@ -16,6 +16,10 @@ struct LoadedModel {
   std::string model_path, tokenizer_path;
 
   std::vector<int64_t> encode(const std::string& text) const { return tokenizer->encode(text, add_bos); }
+  // Text of ids the model produced. A model may have more rows than its tokenizer has tokens
+  // (padded vocabularies); an id beyond the tokenizer is an InputError naming both (a tokenizer
+  // that does not belong to the model), not a failure inside the tokenizer.
+  std::string decode(const std::vector<int64_t>& ids) const;
   int64_t pad_id() const;          // EOS of the tokenizer (then of the model), else 0
 };
 
