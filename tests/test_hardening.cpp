@@ -28,6 +28,7 @@
 #include "rome_collapse/model/config.h"
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/npz.h"
+#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -118,7 +119,7 @@ json gpt2_config(int64_t vocab = 8, int64_t embd = 4, int64_t layers = 1) {
 
 // ---- the table --------------------------------------------------------------------------------
 
-enum class Reader { Safetensors, Checkpoint, Config, Tokenizer, Texts, Npz, Dataset };
+enum class Reader { Safetensors, Checkpoint, Config, Tokenizer, Texts, Npz, Dataset, Requests };
 
 struct Case {
   std::string input;                              // what the row shows
@@ -138,7 +139,78 @@ void run_reader(Reader reader, const fs::path& path) {
     case Reader::Texts: (void)read_texts(path); break;
     case Reader::Npz: (void)read_npz(path); break;
     case Reader::Dataset: (void)read_dataset(path); break;
+    case Reader::Requests: (void)read_request_file(path); break;
   }
+}
+
+// `levels` nested lists around `inner`: the shape of the 100,000-level inputs of issue 17.
+std::string nested(size_t levels, const std::string& inner = "1") {
+  return std::string(levels, '[') + inner + std::string(levels, ']');
+}
+
+// The second round of hostile inputs (issue 17): nesting, duplicates, mislabelled dtypes, layouts.
+std::vector<Case> issue17_cases() {
+  const std::string deep = nested(100000);
+  auto config_with = [](const std::string& field, const std::string& value) {
+    std::string text = gpt2_config().dump();
+    const std::string key = "\"" + field + "\":";
+    const size_t at = text.find(key) + key.size();
+    const size_t end = text.find_first_of(",}", at);
+    return text.substr(0, at) + value + text.substr(end);
+  };
+  const std::string ok_tensor = R"("w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]})";
+  return {
+      {"config.json: n_layer nested 100,000 levels", Reader::Config, {{"config.json", config_with("n_layer", deep)}},
+       "config.json", {"not valid JSON", "nested deeper than 64 levels"}},
+      {"config.json: model_type nested 100,000 levels", Reader::Config,
+       {{"config.json", config_with("model_type", deep)}}, "config.json", {"nested deeper than 64 levels"}},
+      {"config.json: n_layer nested 60 levels (echoed as an excerpt)", Reader::Config,
+       {{"config.json", config_with("n_layer", nested(60))}}, "config.json", {"'n_layer'", "[[[[", "bytes)"}},
+      {"config.json: model_type a 1 MB string", Reader::Config,
+       {{"config.json", config_with("model_type", "\"" + std::string(1 << 20, 'x') + "\"")}}, "config.json",
+       {"'model_type'", "xxxx… (1048576 bytes)"}},
+      {"config.json: duplicate key n_layer", Reader::Config,
+       {{"config.json", R"({"model_type":"gpt2","n_layer":1,"n_layer":12})"}}, "config.json",
+       {"duplicate key \"n_layer\""}},
+      {"safetensors: shape nested 100,000 levels", Reader::Safetensors,
+       {{"m.safetensors", safetensors(R"({"w":{"dtype":"F32","shape":)" + deep + R"(,"data_offsets":[0,8]}})", floats(2))}},
+       "m.safetensors", {"header is not valid JSON", "nested deeper than 64 levels"}},
+      {"safetensors: header entry nested 100,000 levels", Reader::Safetensors,
+       {{"m.safetensors", safetensors("{" + ok_tensor + R"(,"v":)" + deep + "}", floats(2))}}, "m.safetensors",
+       {"nested deeper than 64 levels"}},
+      {"safetensors: duplicate tensor name", Reader::Safetensors,
+       {{"m.safetensors", safetensors("{" + ok_tensor + "," + ok_tensor + "}", floats(2))}}, "m.safetensors",
+       {"duplicate key \"w\""}},
+      {"checkpoint: index.json nested 100,000 levels", Reader::Checkpoint,
+       {{"d/config.json", gpt2_config().dump()}, {"d/model.safetensors.index.json", R"({"weight_map":)" + deep + "}"}},
+       "d", {"nested deeper than 64 levels"}, "d/model.safetensors.index.json"},
+      {"checkpoint: F32 weight labelled I32 (same byte count)", Reader::Checkpoint,
+       {{"d/config.json", gpt2_config().dump()},
+        {"d/model.safetensors",
+         safetensors(R"({"transformer.wte.weight":{"dtype":"I32","shape":[8,4],"data_offsets":[0,128]}})", floats(32))}},
+       "d", {"transformer.wte.weight", "integer dtype Int", "floating-point"}, "d/model.safetensors"},
+      {"tokenizer: vocab.json nested 100,000 levels", Reader::Tokenizer,
+       {{"t/vocab.json", R"({"a":)" + deep + "}"}, {"t/merges.txt", "a b\n"}}, "t", {"nested deeper than 64 levels"},
+       "t/vocab.json"},
+      {"tokenizer: vocab.json two tokens with one id", Reader::Tokenizer,
+       {{"t/vocab.json", R"({"a": 0, "b": 0})"}, {"t/merges.txt", "a b\n"}}, "t", {"'a'", "'b'", "same id 0"},
+       "t/vocab.json"},
+      {"tokenizer: tokenizer.json nested 100,000 levels", Reader::Tokenizer,
+       {{"t/tokenizer.json", R"({"model":)" + deep + "}"}}, "t/tokenizer.json", {"nested deeper than 64 levels"}},
+      {"texts: JSON list nested 100,000 levels", Reader::Texts, {{"t.json", deep}}, "t.json",
+       {"nested deeper than 64 levels"}},
+      {"texts: JSONL line nested 100,000 levels", Reader::Texts, {{"t.jsonl", "{\"text\": " + deep + "}\n"}},
+       "t.jsonl", {"line 1", "nested deeper than 64 levels"}},
+      {"dataset: record nested 100,000 levels", Reader::Dataset, {{"d.json", "[{\"prompt\": " + deep + "}]"}}, "d.json",
+       {"nested deeper than 64 levels"}},
+      {"dataset: duplicate key in a record", Reader::Dataset,
+       {{"d.json", R"([{"prompt": "A is", "subject": "A", "target_new": "x", "target_new": "y"}])"}}, "d.json",
+       {"duplicate key \"target_new\""}},
+      {"requests: a JSON object, not a list", Reader::Requests, {{"r.json", R"({"a": 1})"}}, "r.json",
+       {"expected a JSON list of requests", "object {\"a\":1}"}},
+      {"requests: nested 100,000 levels", Reader::Requests, {{"r.json", deep}}, "r.json",
+       {"nested deeper than 64 levels"}},
+  };
 }
 
 std::vector<Case> malformed_cases() {
@@ -319,7 +391,9 @@ TEST(MalformedInputs, Table) {
   std::ostringstream table;
   table << "| input | answer (exit 2, `error: ` + this) |\n|---|---|\n";
   int index = 0;
-  for (const Case& c : malformed_cases()) {
+  std::vector<Case> cases = malformed_cases();
+  for (Case& c : issue17_cases()) cases.push_back(std::move(c));
+  for (const Case& c : cases) {
     const fs::path dir = root / std::to_string(index++);
     for (const auto& [name, bytes] : c.files) put(dir / name, bytes);
     const fs::path target = dir / c.target;
@@ -338,6 +412,8 @@ TEST(MalformedInputs, Table) {
     EXPECT_NE(message.find(named), std::string::npos) << c.input << ": message does not name " << named << ": " << message;
     for (const auto& part : c.expected)
       EXPECT_NE(message.find(part), std::string::npos) << c.input << ": message lacks \"" << part << "\": " << message;
+    // Values are echoed as excerpts: no message floods a terminal, whatever the input holds.
+    EXPECT_LT(message.size(), 1000u) << c.input << ": a " << message.size() << "-byte message";
     std::string shown = relative_message(message, dir);
     for (size_t at; (at = shown.find('|')) != std::string::npos;) shown.replace(at, 1, "\\|");
     table << "| " << c.input << " | " << shown << " |\n";
