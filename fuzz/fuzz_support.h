@@ -2,8 +2,9 @@
 // Shared helpers of the libFuzzer targets (fuzz/fuzz_*.cpp).
 //
 // The contract every target checks: for any bytes, the reader either succeeds or throws
-// rc::InputError. Any other exception (std::out_of_range, nlohmann::json errors, c10::Error,
-// std::bad_alloc from an absurd declared size), a crash or a sanitizer report is a finding.
+// rc::InputError (or rc::NumericError for a checkpoint with NaN/Inf weights). Any other exception
+// (std::out_of_range, nlohmann::json errors, c10::Error, std::bad_alloc from an absurd declared
+// size), a crash or a sanitizer report is a finding.
 #include <unistd.h>
 
 #include <cstdint>
@@ -52,6 +53,7 @@ void expect_clean(const char* target, Body&& body) {
   try {
     body();
   } catch (const rc::InputError&) {
+  } catch (const rc::NumericError&) {  // non-finite weights, refused at load (exit 3)
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: unexpected exception (not rc::InputError): %s\n", target, e.what());
     std::abort();

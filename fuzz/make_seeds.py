@@ -221,3 +221,36 @@ tokenizer_json = {"version": "1.0", "added_tokens": [{"id": vocab["<|endoftext|>
                   "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges[:3]] +
                             ["%s %s" % m for m in merges[3:]]}}
 put("bpe_tokenizer", "tokenizer_json", b"\x01" + json.dumps(tokenizer_json).encode())
+
+
+# ---- deep nesting (issue 17) --------------------------------------------------------------------
+# Every JSON reader gets seeds nested far beyond the parser's limit (64 levels), inside the fields an
+# error message prints, within libFuzzer's -max_len of 8192 bytes.
+def deep(levels=3000, inner="1"):
+    return "[" * levels + inner + "]" * levels
+
+
+def deep_objects(levels=1000):
+    return '{"a":' * levels + "1" + "}" * levels
+
+
+put("config", "deep_n_layer.json", json.dumps(dict(gpt2_config, n_layer=0)).replace('"n_layer": 0', '"n_layer": ' + deep()))
+put("config", "deep_model_type.json", '{"model_type": %s}' % deep_objects())
+put("config", "duplicate_key.json", '{"model_type": "gpt2", "n_layer": 1, "n_layer": 2}')
+deep_header = '{"w":{"dtype":"F32","shape":%s,"data_offsets":[0,8]}}' % deep()
+put("safetensors", "deep_shape", struct.pack("<Q", len(deep_header)) + deep_header.encode() + f32([1, 2]))
+put("checkpoint", "deep_header.safetensors", struct.pack("<Q", len(deep_header)) + deep_header.encode() + f32([1, 2]))
+put("text_file", "deep.json", deep())
+put("text_file", "deep_line.jsonl", '{"text": %s}\n' % deep())
+put("dataset", "deep.json", '[{"prompt": %s}]' % deep())
+put("dataset", "duplicate_key.json", '[{"prompt": "A is", "subject": "A", "target_new": "x", "target_new": "y"}]')
+put("bpe_tokenizer", "deep_vocab", b"\x00" + ('{"a": %s}' % deep()).encode() + b"\n#merges\na b\n")
+put("bpe_tokenizer", "deep_tokenizer_json", b"\x01" + ('{"model": %s}' % deep_objects()).encode())
+requests = [{"prompt": "{} is a citizen of", "subject": "Leonardo", "target_new": "Japan", "target_true": "Italy"}]
+put("request_file", "requests.json", b"\x00" + json.dumps(requests).encode())
+put("request_file", "one_request.json", b"\x00" + json.dumps(requests[0]).encode())
+put("request_file", "requests.jsonl", b"\x01" + "".join(json.dumps(r) + "\n" for r in requests * 2).encode())
+put("request_file", "results.jsonl", b"\x02" + b'{"case_id": 1, "position": 0, "method": "rome", "efficacy": 1.0}\n{"case_id"')
+put("request_file", "deep.json", b"\x00" + deep().encode())
+put("request_file", "deep.jsonl", b"\x01" + ('{"prompt": %s}\n' % deep_objects()).encode())
+put("request_file", "deep_results.jsonl", b"\x02" + (deep() + "\n").encode())
