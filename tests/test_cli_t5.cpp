@@ -105,7 +105,7 @@ TEST_P(T5Cli, StatsCollectsTheEncoderKeysOfEveryInputToken) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, T5Cli, ::testing::Values("v1_0", "v1_1"));
 
-TEST(T5Cli, EditAndGenerateAreRefusedNamingWhatSupportsT5) {
+TEST(T5CliRefusals, EditAndGenerateAreRefusedNamingWhatSupportsT5) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("t5_edit");
   const json config = {{"model", test::shared_path("reference/t5/v1_0").string()},
@@ -122,7 +122,7 @@ TEST(T5Cli, EditAndGenerateAreRefusedNamingWhatSupportsT5) {
   EXPECT_NE(generate.err.find("keys"), std::string::npos) << generate.err;
 }
 
-TEST(T5Cli, GeneratedTemplatesAreRefusedForT5) {
+TEST(T5CliRefusals, GeneratedTemplatesAreRefusedForT5) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("t5_generated_templates");
   auto result = run_cli("check --config " + quoted(experiment5_config(dir, "v1_0", {{"context_templates", {{"generate", json::object()}}}})));

@@ -153,11 +153,6 @@ SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& mode
   if (api.bos_id(processor_) >= 0) bos_id_ = api.bos_id(processor_);
   if (api.eos_id(processor_) >= 0) eos_id_ = api.eos_id(processor_);
   if (api.unk_id(processor_) >= 0) unk_id_ = api.unk_id(processor_);
-  if (options_.append_eos && !eos_id_) {
-    api.free_processor(processor_);
-    processor_ = nullptr;
-    fail_input(model_path.string(), "has no EOS piece, which a T5 tokenizer appends to every input");
-  }
 }
 
 SentencePieceTokenizer::~SentencePieceTokenizer() {

@@ -16,7 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kExpectedFiles =
-    "expected vocab.json+merges.txt, tokenizer.json, tokenizer.model, spiece.model (T5) or a llama2.c tokenizer.bin/tok*.bin";
+    "expected vocab.json+merges.txt, tokenizer.json, tokenizer.model or a llama2.c tokenizer.bin/tok*.bin";
 
 bool is_file(const fs::path& path) {
   std::error_code ec;

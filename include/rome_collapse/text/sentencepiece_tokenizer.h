@@ -17,15 +17,14 @@ namespace rc {
 // Conventions that differ between the families using SentencePiece.
 struct SentencePieceOptions {
   bool adds_bos_by_default = true;  // Llama: "<s>" first
-  bool append_eos = false;          // T5 (Hugging Face's T5Tokenizer): "</s>" (the model's EOS id) after every input
+  bool append_eos = false;          // T5 (Hugging Face's T5Tokenizer): the model's EOS piece "</s>" ends every input
   // T5's spiece.model: no BOS, "</s>" appended.
   static SentencePieceOptions t5() { return {false, true}; }
 };
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
-  // InputError naming `model_path` when it is missing or not a SentencePiece ModelProto, or when
-  // options.append_eos is set and the model has no EOS piece.
+  // InputError naming `model_path` when it is missing or not a SentencePiece ModelProto.
   explicit SentencePieceTokenizer(const std::filesystem::path& model_path, SentencePieceOptions options = {});
   ~SentencePieceTokenizer() override;
   SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
