@@ -129,7 +129,8 @@ bool is_model_or_tokenizer_file(const std::string& name) {
   auto ends_with = [&](const std::string& suffix) {
     return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
   };
-  return exact.count(name) || ends_with(".safetensors") || (name.rfind("tok", 0) == 0 && ends_with(".bin"));
+  return exact.count(name) || ends_with(".safetensors") || ends_with(".model") ||
+         (name.rfind("tok", 0) == 0 && ends_with(".bin"));
 }
 
 std::vector<fs::path> files_of(const fs::path& path) {
