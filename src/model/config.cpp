@@ -271,6 +271,10 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
     fail_input(file, "field 'model_type' must be a string, got " + json.at("model_type").dump());
 
   const std::string model_type = json.at("model_type").get<std::string>();
+  if (model_type == "t5")  // Encoder-decoder: src/model/t5.cpp (Seq2SeqLM), reached by the key commands only.
+    fail_input(file, "model_type \"t5\" is an encoder-decoder model: T5 is supported by `keys`, `check` and "
+                     "`stats` (the encoder MLP keys), not by edit, batch, generate, perplexity or bench, which need "
+                     "a causal decoder (" + supported_model_types() + ")");
   const ArchitectureSpec* spec = find_architecture_spec(model_type);
   if (!spec)
     fail_input(file, "field 'model_type' is \"" + model_type + "\"; supported model types: " +
