@@ -136,15 +136,20 @@ def describe(document):
 
 
 def readable_log_axis(axis, which, values):
-    """Log scale with ticks a reader can use: over less than ~1.5 decades every 1..9 × 10^k is a
-    labelled tick ("4", "5", "6", "7" instead of one "6×10⁰"); over more, decades with minor ticks."""
+    """Log scale with ticks a reader can use: within about half a decade every 1..9 × 10^k is a
+    labelled tick ("4", "5", "6", "7" instead of one "6×10⁰"), within 1.6 decades 1, 2, 5 × 10^k,
+    beyond that the decades; plain numbers, never 10^k notation."""
     getattr(axis, "set_%sscale" % which)("log")
     target = axis.yaxis if which == "y" else axis.xaxis
     values = [v for v in values if v and v > 0 and math.isfinite(v)]
     span = math.log10(max(values) / min(values)) if values else 2
-    if span < 1.5:
+    if span < 0.6:
         target.set_major_locator(ticker.LogLocator(base=10, subs=range(1, 10), numticks=30))
         target.set_minor_locator(ticker.NullLocator())
+    elif span < 1.6:
+        target.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5), numticks=30))
+        target.set_minor_locator(ticker.LogLocator(base=10, subs=range(1, 10), numticks=30))
+        target.set_minor_formatter(ticker.NullFormatter())
     else:
         target.set_major_locator(ticker.LogLocator(base=10, numticks=30))
         target.set_minor_locator(ticker.LogLocator(base=10, subs=range(2, 10), numticks=30))
@@ -332,15 +337,14 @@ def figure_ppl(paths, prefix, title=None):
         handles.append(Line2D([], [], linestyle="", marker=style["marker"], markersize=8 if method == "c-rome" else 6,
                               markerfacecolor=style.get("facecolors", style.get("c")) if style["marker"] != "+" else None,
                               markeredgecolor=style.get("edgecolors", style.get("c")),
-                              markeredgewidth=style.get("linewidths", 1.0), label=NAMES.get(method, method)))
+                              markeredgewidth=style.get("linewidths", 1.0),
+                              label=NAMES.get(method, method) + (" (C-ROME's ΔW: the + inside the ring)"
+                                                                 if method == "c-rome-prefix" else "")))
     if before:
         handles.append(Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="before the edit"))
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    same = ""
-    if "c-rome-prefix" in present and "c-rome" in present:
-        same = "; C-ROME + prefix (+) has C-ROME's ΔW, so its cross sits inside C-ROME's ring"
-    figure.suptitle(title or "%s: perplexity after one edit vs ‖ΔW‖, %d edits%s" % (
-        describe(documents[0]), total, same), fontsize=10)
+    figure.suptitle(title or "%s: perplexity after one edit vs ‖ΔW‖ (%d edits)" % (describe(documents[0]), total),
+                    fontsize=10)
     save(figure, prefix, bottom_legend=True)
 
 

@@ -20,8 +20,11 @@ namespace {
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
 
 // Config keys check/keys accept besides those of an edit config: the request-set forms of
-// edit/batch configs, so one config serves edit, batch, check and keys.
-const std::vector<std::string> kKeyRunExtraKeys = {"requests", "methods", "dataset"};
+// edit/batch configs, so one config serves edit, batch, check and keys (batch's evaluation
+// settings are accepted and have no effect on keys; "cases" does not narrow the dataset here).
+const std::vector<std::string> kKeyRunExtraKeys = {"requests",       "methods",    "dataset",
+                                                   "cases",          "evaluation", "collapse_cases",
+                                                   "sequential",     "perplexity_selection"};
 
 }  // namespace
 
