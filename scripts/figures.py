@@ -243,9 +243,11 @@ def figure_pca(path, prefix, max_requests=0, title=None):
     first_shown = sum(1 for r in rows if r["subject_first"])
     ratio = pca.get("explained_variance_ratio") or [float("nan")] * 2
     figure, axis = plt.subplots(figsize=(10.4, 5.4))
-    cmap = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    # One colour per request: tab10, else tab20 + tab20b (40 distinct colours).
+    palette = list(plt.get_cmap("tab10").colors) if len(rows) <= 10 else \
+        list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
     for number, row in enumerate(rows):
-        color = cmap(number % cmap.N)
+        color = palette[number % len(palette)]
         cloud = row["prefixed"]
         label = row["label"] if len(row["label"]) <= 38 else row["label"][:35] + "..."
         axis.scatter([p[0] for p in cloud], [p[1] for p in cloud], s=14, color=color, alpha=0.45,

@@ -244,8 +244,8 @@ std::string tables_markdown(const std::vector<TableRow>& rows, const TableSettin
     out += "- Perplexity of the unedited model: " + format(*settings.perplexity_before, "%.4f") + "\n";
   out += "\nEfficacy, Generalisation and Locality are the paper's token accuracies (EasyEdit), in percent, as is "
          "\"subject first\" (tables.csv uses the same units). ± is the half-width of the 95% confidence interval of the "
-         "mean over cases (Student t). \"not taken\": edits with efficacy 0 whose target NLL did not fall; "
-         "\"loss rose\": edits whose v* optimisation ended above its initial loss.\n\n";
+         "mean over cases (Student t). \"not taken\": edits that wrote nothing (efficacy 0, the target's NLL not "
+         "lower) or whose v* optimisation diverged; \"loss rose\": edits whose v* loss ended above its initial value.\n\n";
   const std::vector<std::string> header = {"method", "cases", "n", "Efficacy", "Generalisation", "Locality", "ppl mean",
                                            "ppl median", "|den| median", "|den| min", "‖ΔW‖ median", "‖ΔW‖ max",
                                            "subject first", "not taken", "loss rose"};
