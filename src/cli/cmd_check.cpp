@@ -19,7 +19,8 @@ int run_check_command(const CheckArgs& args) {
               << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
               << setup.requests.source << "\n";
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
+  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
   CheckThresholds thresholds;
   thresholds.min_abs_denominator = args.min_abs_denominator;

@@ -23,7 +23,8 @@ int run_keys_command(const KeysArgs& args) {
               << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
               << setup.requests.source << "\n";
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
+  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
   ProgressReporter progress("keys", 0, "prompts");
   options.progress = &progress;
