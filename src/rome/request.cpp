@@ -18,17 +18,17 @@ EditRequest normalize_request(EditRequest request, const std::string& where) {
   check_text_size(request.subject, where + ".subject");
   check_text_size(request.target_new, where + ".target_new");
   check_text_size(request.target_true, where + ".target_true");
-  if (request.subject.empty()) throw InputError(where + ".subject: empty subject");
-  if (request.target_new.empty()) throw InputError(where + ".target_new: empty target");
+  if (request.subject.empty()) throw UnusableRequest(where + ".subject: empty subject");
+  if (request.target_new.empty()) throw UnusableRequest(where + ".target_new: empty target");
   const size_t placeholder = request.prompt.find("{}");
   if (placeholder == std::string::npos) {
     const size_t at = request.prompt.find(request.subject);
     if (at == std::string::npos)
-      throw InputError(where + ".prompt: the subject \"" + excerpt(request.subject) + "\" is not in the prompt \"" +
-                       excerpt(request.prompt, 200) + "\" (and the prompt has no \"{}\")");
+      throw UnusableRequest(where + ".prompt: the subject \"" + excerpt(request.subject) + "\" is not in the prompt \"" +
+                            excerpt(request.prompt, 200) + "\" (and the prompt has no \"{}\")");
     request.prompt = request.prompt.substr(0, at) + "{}" + request.prompt.substr(at + request.subject.size());
   } else if (request.prompt.find("{}", placeholder + 2) != std::string::npos) {
-    throw InputError(where + ".prompt: more than one \"{}\" in \"" + excerpt(request.prompt, 200) + "\"");
+    throw UnusableRequest(where + ".prompt: more than one \"{}\" in \"" + excerpt(request.prompt, 200) + "\"");
   }
   return request;
 }
