@@ -30,6 +30,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::optional<int64_t> unk_id() const override { return unk_id_; }
   int64_t vocab_size() const override { return vocab_size_; }
   std::string describe() const override { return description_; }
+  std::vector<std::filesystem::path> source_files() const override { return {source_}; }
 
  private:
   void* processor_ = nullptr;  // the shim's processor handle (released with rome_spm_free)
@@ -38,6 +39,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::optional<int64_t> unk_id_;
   int64_t vocab_size_ = 0;
   std::string description_;
+  std::filesystem::path source_;
 };
 
 }  // namespace rc
