@@ -21,6 +21,7 @@ using json = nlohmann::json;
 constexpr const char* kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr const char* kEndOfText = "<|endoftext|>";
+constexpr int64_t kMaxTokenId = 10'000'000;  // as HfTokenizer: beyond, a corrupt file
 
 json parse_json(const fs::path& path) {
   std::string text = read_file(path);
@@ -124,8 +125,18 @@ json post_processor_from_config(const json& config, const json& vocab, const jso
 
 json HfTokenizer::convert_slow_files(const fs::path& vocab_json, const fs::path& merges_txt) {
   json vocab = parse_json(vocab_json);
-  if (!vocab.is_object() || vocab.empty()) fail_input(vocab_json.string(), "not a non-empty JSON object of token -> id");
+  if (!vocab.is_object()) fail_input(vocab_json.string(), "vocabulary is not a JSON object of token -> id");
+  if (vocab.empty()) fail_input(vocab_json.string(), "vocabulary is empty");
+  for (const auto& [token, id] : vocab.items())
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
+      fail_input(vocab_json.string(), "vocabulary entry '" + token + "' has an out-of-range id " + id.dump());
   json merges = read_merges(merges_txt, vocab);
+  // Every byte must have its symbol, or bytes would vanish from the ids (GPT-2 files have all 256).
+  const json byte_vocab = HfTokenizer::byte_level_alphabet();
+  for (size_t b = 0; b < byte_vocab.size(); ++b)
+    if (!vocab.contains(byte_vocab[b].get<std::string>()))
+      fail_input(vocab_json.string(), "vocabulary lacks the symbol for byte " + std::to_string(b) + " ('" +
+                                          byte_vocab[b].get<std::string>() + "'); not a byte-level BPE vocabulary");
 
   const fs::path config_path = vocab_json.parent_path() / "tokenizer_config.json";
   std::error_code ec;

@@ -135,10 +135,14 @@ void BpeModel::add_unit(std::string unit, uint32_t length, bool first, bool last
 std::vector<Tok> BpeModel::symbolize(const std::string& word) const {
   std::vector<Tok> symbols;
   symbols.reserve(word.size());
-  const bool plain = prefix.empty() && suffix.empty();
-  if (byte_level && plain && std::none_of(byte_symbol_ids.begin(), byte_symbol_ids.end(), [](int64_t id) { return id < 0; })) {
-    for (unsigned char byte : word) symbols.push_back({byte_symbol_ids[byte], 1});
-    return symbols;
+  if (byte_level && prefix.empty() && suffix.empty()) {  // the common case: one table lookup per byte
+    bool complete = true;
+    for (unsigned char byte : word) {
+      complete = complete && byte_symbol_ids[byte] >= 0;
+      symbols.push_back({byte_symbol_ids[byte], 1});
+    }
+    if (complete) return symbols;
+    symbols.clear();  // a byte without a symbol (GPT-NeoX has none for 0xC0, 0xC1, 0xF5..): the general path
   }
   std::optional<Tok> pending_unk;
   for (size_t pos = 0; pos < word.size();) {
@@ -405,7 +409,8 @@ TokenizedText HfTokenizer::tokenize(const std::string& text, bool add_special) c
     for (const auto& item : impl_->prefix) add(item.id, item.token, 0, 0);
   impl_->run(text, [&](int64_t id, const Piece& piece, size_t begin, size_t end) {
     hf::Span span = piece.span(begin, end);
-    add(id, impl_->token_text(id), span.begin, span.end);
+    // An added token is spelled as matched (with the spaces lstrip/rstrip took), as the crate does.
+    add(id, piece.added_id >= 0 ? piece.text.substr(begin, end - begin) : impl_->token_text(id), span.begin, span.end);
   });
   if (add_special)
     for (const auto& item : impl_->suffix) add(item.id, item.token, text.size(), text.size());
@@ -703,6 +708,12 @@ std::unique_ptr<HfTokenizer> HfTokenizer::from_document(const json& document, co
   for (const auto& file : impl->files) names += (names.empty() ? "" : "+") + file.filename().string();
   impl->description = "hf-bpe" + std::string(byte_level ? " byte-level" : "") + " " + (names.empty() ? source : names);
   return std::unique_ptr<HfTokenizer>(new HfTokenizer(std::move(impl)));
+}
+
+nlohmann::json HfTokenizer::byte_level_alphabet() {
+  json alphabet = json::array();
+  for (const auto& symbol : byte_symbols()) alphabet.push_back(symbol);
+  return alphabet;
 }
 
 std::unique_ptr<HfTokenizer> HfTokenizer::from_tokenizer_json(const fs::path& tokenizer_json) {

@@ -34,6 +34,9 @@ class HfTokenizer : public Tokenizer {
   static nlohmann::json convert_slow_files(const std::filesystem::path& vocab_json,
                                            const std::filesystem::path& merges_txt);
 
+  // GPT-2's bytes_to_unicode(): the 256 vocabulary symbols standing for bytes 0..255.
+  static nlohmann::json byte_level_alphabet();
+
   ~HfTokenizer() override;
 
   std::vector<int64_t> encode(const std::string& text, bool add_special) const override;
