@@ -123,7 +123,7 @@ Span Piece::span(size_t begin, size_t end) const {
 
 Piece Piece::slice(size_t begin, size_t end) const {
   Piece part;
-  part.text = text.substr(begin, end - begin);
+  part.text.assign(text, begin, end - begin);
   part.added_id = added_id;
   if (align.empty())
     part.origin = origin + begin;

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <array>
+#include <atomic>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
@@ -89,10 +89,19 @@ struct BpeModel {
   std::array<int64_t, 256> byte_fallback_ids{};  // id of "<0xHH>", -1 when absent
   std::unordered_map<std::string, int64_t> raw_vocab;  // byte-level + ignore_merges: raw bytes -> id
 
-  mutable std::mutex cache_mutex;
-  mutable std::unordered_map<std::string, std::vector<Tok>> cache;
+  const uint64_t serial = next_serial();
 
-  void tokenize(const std::string& word, std::vector<Tok>& out) const;
+  // Tokens of one pre-token (cached per thread); valid until the next call on this thread.
+  const std::vector<Tok>& tokenize(const std::string& word) const;
+  std::unordered_map<std::string, std::vector<Tok>>& thread_cache() const;
+  BpeModel() = default;
+  BpeModel(const BpeModel&) = delete;
+  BpeModel& operator=(const BpeModel&) = delete;
+  ~BpeModel();
+  static uint64_t next_serial() {
+    static std::atomic<uint64_t> counter{0};
+    return ++counter;
+  }
 
  private:
   std::vector<Tok> symbolize(const std::string& word) const;
@@ -185,15 +194,40 @@ void BpeModel::merge(std::vector<Tok>& symbols) const {
   }
 }
 
-void BpeModel::tokenize(const std::string& word, std::vector<Tok>& out) const {
-  if (word.empty()) return;
-  {
-    std::lock_guard<std::mutex> lock(cache_mutex);
-    if (auto it = cache.find(word); it != cache.end()) {
-      out.insert(out.end(), it->second.begin(), it->second.end());
-      return;
-    }
+// The word cache is per thread, as in the crate (BPE_LOCAL_CACHE): encode() runs from several
+// threads without a lock. Each model has its own serial, so a model created at a freed model's
+// address never sees the old model's words.
+using WordCache = std::unordered_map<std::string, std::vector<Tok>>;
+struct ThreadCaches {
+  uint64_t last_serial = 0;
+  WordCache* last = nullptr;
+  std::unordered_map<uint64_t, WordCache> by_serial;
+};
+ThreadCaches& thread_caches() {
+  static thread_local ThreadCaches caches;
+  return caches;
+}
+
+WordCache& BpeModel::thread_cache() const {
+  ThreadCaches& caches = thread_caches();
+  if (caches.last_serial != serial || !caches.last) {
+    caches.last = &caches.by_serial[serial];
+    caches.last_serial = serial;
   }
+  return *caches.last;
+}
+
+// Only this thread's cache can be reached here; other threads' are bounded (kMaxCachedWords) and
+// freed when those threads end.
+BpeModel::~BpeModel() {
+  ThreadCaches& caches = thread_caches();
+  caches.by_serial.erase(serial);
+  if (caches.last_serial == serial) caches.last = nullptr;
+}
+
+const std::vector<Tok>& BpeModel::tokenize(const std::string& word) const {
+  auto& cache = thread_cache();
+  if (auto it = cache.find(word); it != cache.end()) return it->second;
   std::vector<Tok> tokens;
   if (ignore_merges) {  // a word that is itself a token is taken whole (Llama 3)
     const auto& whole = byte_level ? raw_vocab : vocab;
@@ -203,10 +237,8 @@ void BpeModel::tokenize(const std::string& word, std::vector<Tok>& out) const {
     tokens = symbolize(word);
     merge(tokens);
   }
-  out.insert(out.end(), tokens.begin(), tokens.end());
-  std::lock_guard<std::mutex> lock(cache_mutex);
   if (cache.size() >= kMaxCachedWords) cache.clear();
-  cache.emplace(word, std::move(tokens));
+  return cache.emplace(word, std::move(tokens)).first->second;
 }
 
 // ---- added tokens ----------------------------------------------------------------------------
@@ -351,12 +383,9 @@ struct HfTokenizer::Impl {
 
 template <typename OnToken>
 void HfTokenizer::Impl::run(const std::string& text, OnToken&& on_token) const {
-  std::vector<Tok> tokens;
   PieceSink to_model = [&](Piece&& word) {
-    tokens.clear();
-    model.tokenize(word.text, tokens);
     size_t at = 0;
-    for (const Tok& token : tokens) {
+    for (const Tok& token : model.tokenize(word.text)) {
       on_token(token.id, word, at, at + token.length);
       at += token.length;
     }
