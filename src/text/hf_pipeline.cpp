@@ -540,14 +540,27 @@ class ByteLevelPreTokenizer : public PreTokenizer {
       if (!piece.text.empty()) emit(std::move(piece));
       return;
     }
-    // Isolated: matches and the gaps between them (only ill-formed bytes fall in gaps).
+    // Isolated: matches and the gaps between them (only ill-formed bytes fall in gaps). One scratch
+    // piece is reused while the pieces map 1:1 to the input: this runs once per word of the text.
+    Piece part;
+    auto emit_part = [&](size_t begin, size_t end) {
+      if (piece.align.empty()) {
+        part.text.assign(piece.text, begin, end - begin);
+        part.origin = piece.origin + begin;
+        part.align.clear();
+        part.added_id = -1;
+      } else {
+        part = piece.slice(begin, end);
+      }
+      emit(std::move(part));
+    };
     size_t previous = 0;
     regex_->for_each_match(piece.text, [&](size_t begin, size_t end) {
-      if (begin > previous) emit(piece.slice(previous, begin));
-      if (end > begin) emit(piece.slice(begin, end));
+      if (begin > previous) emit_part(previous, begin);
+      if (end > begin) emit_part(begin, end);
       previous = end;
     });
-    if (previous < piece.text.size()) emit(piece.slice(previous, piece.text.size()));
+    if (previous < piece.text.size()) emit_part(previous, piece.text.size());
   }
 
  private:

@@ -78,6 +78,79 @@ struct Tok {
   uint32_t length;  // bytes of the word this token covers
 };
 
+// Tokens of one word, stored in the word cache.
+struct TokSpan {
+  const Tok* data;
+  size_t count;
+  const Tok* begin() const { return data; }
+  const Tok* end() const { return data + count; }
+};
+
+// The word cache: open addressing with linear probing, the key and (for most words) the tokens
+// inside the slot, since looking words up is most of the time spent encoding ordinary text.
+class WordCache {
+ public:
+  static uint64_t hash(std::string_view word) {  // FNV-1a: words are short
+    uint64_t h = 1469598103934665603ull;
+    for (unsigned char c : word) h = (h ^ c) * 1099511628211ull;
+    return h | 1;  // 0 marks an empty slot
+  }
+  std::optional<TokSpan> find(std::string_view word, uint64_t h) const {
+    if (slots_.empty()) return std::nullopt;
+    for (size_t i = h & mask_;; i = (i + 1) & mask_) {
+      const Slot& slot = slots_[i];
+      if (slot.hash == 0) return std::nullopt;
+      if (slot.hash == h && slot.key == word) return slot.tokens();
+    }
+  }
+  // Valid until the next insert.
+  TokSpan insert(std::string_view word, uint64_t h, const std::vector<Tok>& tokens) {
+    if (size_ >= kMaxCachedWords) clear();
+    if ((size_ + 1) * 2 > slots_.size()) grow();
+    ++size_;
+    Slot entry;
+    entry.hash = h;
+    entry.key.assign(word.data(), word.size());
+    entry.count = static_cast<uint32_t>(tokens.size());
+    if (tokens.size() <= kInline)
+      std::copy(tokens.begin(), tokens.end(), entry.inline_tokens);
+    else
+      entry.more = tokens;
+    return place(std::move(entry)).tokens();
+  }
+  void clear() {
+    slots_.clear();
+    size_ = 0;
+    mask_ = 0;
+  }
+
+ private:
+  static constexpr size_t kInline = 2;
+  struct Slot {
+    uint64_t hash = 0;
+    std::string key;
+    uint32_t count = 0;
+    Tok inline_tokens[kInline] = {};
+    std::vector<Tok> more;
+    TokSpan tokens() const { return {count <= kInline ? inline_tokens : more.data(), count}; }
+  };
+  Slot& place(Slot&& entry) {
+    size_t i = entry.hash & mask_;
+    while (slots_[i].hash != 0) i = (i + 1) & mask_;
+    slots_[i] = std::move(entry);
+    return slots_[i];
+  }
+  void grow() {
+    std::vector<Slot> old = std::move(slots_);
+    slots_.assign(std::max<size_t>(1024, old.size() * 2), Slot{});
+    mask_ = slots_.size() - 1;
+    for (auto& slot : old)
+      if (slot.hash != 0) place(std::move(slot));
+  }
+  std::vector<Slot> slots_;
+  size_t size_ = 0, mask_ = 0;
+};
+
 struct BpeModel {
   std::unordered_map<std::string, int64_t> vocab;
   std::vector<std::string> id_to_token;  // "" for ids the vocabulary does not use
@@ -92,8 +165,8 @@ struct BpeModel {
   const uint64_t serial = next_serial();
 
   // Tokens of one pre-token (cached per thread); valid until the next call on this thread.
-  const std::vector<Tok>& tokenize(const std::string& word) const;
-  std::unordered_map<std::string, std::vector<Tok>>& thread_cache() const;
+  TokSpan tokenize(const std::string& word) const;
+  WordCache& thread_cache() const;
   BpeModel() = default;
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
@@ -197,7 +270,6 @@ void BpeModel::merge(std::vector<Tok>& symbols) const {
 // The word cache is per thread, as in the crate (BPE_LOCAL_CACHE): encode() runs from several
 // threads without a lock. Each model has its own serial, so a model created at a freed model's
 // address never sees the old model's words.
-using WordCache = std::unordered_map<std::string, std::vector<Tok>>;
 struct ThreadCaches {
   uint64_t last_serial = 0;
   WordCache* last = nullptr;
@@ -225,9 +297,10 @@ BpeModel::~BpeModel() {
   if (caches.last_serial == serial) caches.last = nullptr;
 }
 
-const std::vector<Tok>& BpeModel::tokenize(const std::string& word) const {
-  auto& cache = thread_cache();
-  if (auto it = cache.find(word); it != cache.end()) return it->second;
+TokSpan BpeModel::tokenize(const std::string& word) const {
+  WordCache& cache = thread_cache();
+  const uint64_t h = WordCache::hash(word);
+  if (auto cached = cache.find(word, h)) return *cached;
   std::vector<Tok> tokens;
   if (ignore_merges) {  // a word that is itself a token is taken whole (Llama 3)
     const auto& whole = byte_level ? raw_vocab : vocab;
@@ -237,8 +310,7 @@ const std::vector<Tok>& BpeModel::tokenize(const std::string& word) const {
     tokens = symbolize(word);
     merge(tokens);
   }
-  if (cache.size() >= kMaxCachedWords) cache.clear();
-  return cache.emplace(word, std::move(tokens)).first->second;
+  return cache.insert(word, h, tokens);
 }
 
 // ---- added tokens ----------------------------------------------------------------------------
