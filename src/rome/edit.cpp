@@ -159,7 +159,7 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
           {"config", config.source},
           {"config_sha256", config.config_sha256},
           {"model", loaded.model_path},
-          {"architecture", to_string(loaded.model->config().arch)},
+          {"architecture", loaded.architecture()},
           {"tokenizer", loaded.tokenizer_path},
           {"tokenizer_files", tokenizer_files_provenance(*loaded.tokenizer)},
           {"add_bos", loaded.add_bos},
