@@ -160,6 +160,13 @@ void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
                      " must be in [layer, " + std::to_string(model_config.n_layers - 1) + "]");
 }
 
+nlohmann::json tokenizer_files_provenance(const Tokenizer& tokenizer) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& file : tokenizer.source_files())
+    files.push_back({{"path", std::filesystem::absolute(file).lexically_normal().string()}, {"sha256", sha256_file(file)}});
+  return files;
+}
+
 nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& config) {
   return {{"tool", "rome-collapse"},
           {"version", ROME_COLLAPSE_VERSION},
@@ -168,6 +175,7 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
           {"model", loaded.model_path},
           {"architecture", loaded.architecture()},
           {"tokenizer", loaded.tokenizer_path},
+          {"tokenizer_files", tokenizer_files_provenance(*loaded.tokenizer)},
           {"add_bos", loaded.add_bos},
           {"device", config.device},
           {"dtype", config.dtype},
