@@ -14,7 +14,7 @@ int run_check_command(const CheckArgs& args) {
   if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  LoadedModel loaded = load_config_model(config);
   KeyRunContext context = prepare_key_run(loaded, config);
   CheckThresholds thresholds;
   thresholds.min_abs_denominator = args.min_abs_denominator;

@@ -17,7 +17,7 @@ int run_keys_command(const KeysArgs& args) {
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  LoadedModel loaded = load_config_model(config);
   KeyRunContext context = prepare_key_run(loaded, config);
   KeyAnalysis analysis = analyze_keys(loaded, config, setup.requests, context, options);
   // Both outputs are built before either is written, each atomically.

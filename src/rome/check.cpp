@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/rome/update.h"
 #include "rome_collapse/util/error.h"
@@ -18,10 +19,6 @@ namespace rc {
 namespace {
 
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
-
-// Config keys check/keys accept besides those of an edit config: the request-set forms of
-// edit/batch configs, so one config serves edit, batch, check and keys.
-const std::vector<std::string> kKeyRunExtraKeys = {"requests", "methods", "dataset"};
 
 }  // namespace
 
@@ -88,18 +85,11 @@ std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer&
 }
 
 KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const std::string& requests_file) {
-  const std::string text = read_file(config_path);
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(config_path.string(), std::string("malformed JSON: ") + e.what());
-  }
-  std::filesystem::path base = config_path.parent_path();
-  if (base.empty()) base = ".";
+  const ConfigDocument document = read_config_document(config_path);
+  const nlohmann::json& json = document.json;
+  const std::filesystem::path& base = document.base_dir;
   KeyRunSetup setup;
-  setup.config = parse_edit_config(json, config_path.string(), base, kKeyRunExtraKeys);
-  setup.config.config_sha256 = sha256_hex(text);
+  setup.config = parse_edit_config(document);
   if (!requests_file.empty()) {
     setup.requests = read_request_file(requests_file);
   } else if (json.contains("dataset") && !json.contains("request") && !json.contains("requests")) {
@@ -124,6 +114,7 @@ KeyRunContext prepare_key_run(const LoadedModel& loaded, const EditConfig& confi
   if (config.hparams.layer < 0 || config.hparams.layer >= layers)
     throw InputError(config.source + ": hparams.layer: " + std::to_string(config.hparams.layer) +
                      " is out of range for a model with " + std::to_string(layers) + " layers");
+  check_module_names(*loaded.model, config.module_names, config.hparams.layer, config.source + ": hparams");
   KeyRunContext context;
   context.templates = resolve_templates(loaded, config.templates);
   if (config.hparams.mom2_adjustment) context.second_moment = read_second_moment_npz(config.hparams.stats);
@@ -183,8 +174,18 @@ void apply_thresholds(RequestCheck& check, const CheckThresholds& thresholds) {
   check.passed = check.failures.empty();
 }
 
+void check_subject_boundaries(const LoadedModel& loaded, const RequestSet& requests) {
+  for (size_t i = 0; i < requests.requests.size(); ++i) {
+    const EditRequest& request = requests.requests[i];
+    const std::string id = i < requests.ids.size() ? requests.ids[i].dump() : std::to_string(i);
+    check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject,
+                           requests.source + ": request " + id);
+  }
+}
+
 CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
                       const KeyRunContext& context, const CheckThresholds& thresholds) {
+  check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
   CheckReport report;
   report.thresholds = thresholds;

@@ -117,6 +117,7 @@ Pca fit_pca(const at::Tensor& points, int64_t components) {
 
 KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
                          const KeyRunContext& context, const KeyAnalysisOptions& options) {
+  check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
   const CausalLM& model = *loaded.model;
   const Tokenizer& tokenizer = *loaded.tokenizer;

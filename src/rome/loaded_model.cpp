@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "rome_collapse/model/hub_cache.h"
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/util/error.h"
 
@@ -53,15 +54,15 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
     return builtin;
   }
   LoadedModel loaded;
-  loaded.model_path = model_path;
+  loaded.model_path = resolve_model_location(model_path);  // a path, hub-cache folder or cached hub name
   LoadOptions options;
   options.device = parse_device(device);
   options.dtype = parse_dtype(dtype);
   check_dtype_supported(options.dtype, options.device, dtype);
-  loaded.model = load_causal_lm(model_path, options);
-  std::filesystem::path tokenizer_location = tokenizer_path;
+  loaded.model = load_causal_lm(loaded.model_path, options);
+  std::filesystem::path tokenizer_location = tokenizer_path.empty() ? "" : resolve_model_location(tokenizer_path, {}, "tokenizer");
   if (tokenizer_location.empty()) {
-    std::filesystem::path model_location(model_path);
+    std::filesystem::path model_location(loaded.model_path);
     tokenizer_location = std::filesystem::is_directory(model_location) ? model_location : model_location.parent_path();
     if (tokenizer_location.empty()) tokenizer_location = ".";
   }
