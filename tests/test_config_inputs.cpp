@@ -12,6 +12,8 @@
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/keys.h"
+#include "rome_collapse/rome/subject_boundary.h"
+#include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
@@ -269,6 +271,21 @@ TEST(SubjectBoundary, ASubjectEndingInsideAWordIsRefusedWithItsTokens) {
   for (const char* part : {"subject \"Leonard\" does not end on a token boundary", "\"Leonardo is a citizen of\"",
                            "the prompt's tokens are [", "whole word"})
     EXPECT_NE(run.err.find(part), std::string::npos) << part << " in: " << run.err;
+}
+
+TEST(SubjectBoundary, InsideAWordIsRefusedAndMergedPunctuationWarned) {
+  ROME_REQUIRE_SHARED();
+  const auto tokenizer = load_tokenizer(test::shared_path("tokenizers/gpt2"));
+  EXPECT_EQ(subject_boundary(*tokenizer, false, "{} is a citizen of", "Leonardo", "r").kind, SubjectBoundary::Exact);
+  EXPECT_EQ(subject_boundary(*tokenizer, false, "{}o is a citizen of", "Leonard", "r").kind, SubjectBoundary::InsideWord);
+  // CounterFact case 3854: "F.C." + "," tokenises as "." ".," -- the key sits on ".," as in ROME.
+  const SubjectBoundaryCheck merged =
+      subject_boundary(*tokenizer, false, "{}, whose headquarters are in", "Partick Thistle F.C.", "cf: request 3854");
+  EXPECT_EQ(merged.kind, SubjectBoundary::MergedWithPunctuation);
+  EXPECT_NE(merged.message.find("\".,\""), std::string::npos) << merged.message;
+  const std::vector<EditRequest> requests = {{"{}, whose headquarters are in", "Partick Thistle F.C.", "Paris", ""},
+                                             {"{} is a citizen of", "Leonardo", "Japan", ""}};
+  EXPECT_EQ(subject_boundary_warnings(*tokenizer, false, requests, {}, "cf").size(), 1u);
 }
 
 TEST(Help, ListsEveryConfigFieldWithItsDefaultAndTheExitCodes) {

@@ -21,7 +21,7 @@
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/report/tables.h"
 #include "rome_collapse/rome/edit.h"
-#include "rome_collapse/rome/keys.h"
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
@@ -337,16 +337,15 @@ int run_batch(const BatchArgs& args) {
   LoadedModel loaded = load_config_model(run.config);
   fit_to_model(run.config, loaded);
   check_edit_inputs(loaded, run.config);
-  // A subject that does not end on a token boundary is skipped with its tokens shown, not edited.
+  // A subject that ends inside a word is skipped with its tokens shown, not edited.
   std::vector<const EditRecord*> kept;
   for (const EditRecord* record : run.records) {
-    try {
-      check_subject_boundary(*loaded.tokenizer, loaded.add_bos, record->request.prompt, record->request.subject,
-                             run.dataset.source + ": case " + std::to_string(record->case_id));
-      kept.push_back(record);
-    } catch (const InputError& e) {
-      std::cerr << "batch: skipping " << e.what() << "\n";
-    }
+    const SubjectBoundaryCheck check =
+        subject_boundary(*loaded.tokenizer, loaded.add_bos, record->request.prompt, record->request.subject,
+                         run.dataset.source + ": case " + std::to_string(record->case_id));
+    if (check.kind == SubjectBoundary::InsideWord) std::cerr << "batch: skipping " << check.message << "\n";
+    else kept.push_back(record);
+    if (check.kind == SubjectBoundary::MergedWithPunctuation) std::cerr << "batch: warning: " << check.message << "\n";
   }
   run.records = std::move(kept);
   EditConfig context_config = run.config;

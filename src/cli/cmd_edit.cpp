@@ -9,7 +9,7 @@
 #include "commands.h"
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/edit.h"
-#include "rome_collapse/rome/keys.h"
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -153,9 +153,9 @@ int run_edit_command(const EditArgs& args) {
   LoadedModel loaded = load_config_model(config);
   fit_to_model(config, loaded);
   check_edit_inputs(loaded, config);
-  for (size_t i = 0; i < requests.size(); ++i)  // every request before the first edit
-    check_subject_boundary(*loaded.tokenizer, loaded.add_bos, requests[i].prompt, requests[i].subject,
-                           config.source + ": request" + (requests.size() > 1 ? " " + std::to_string(i) : ""));
+  // Every request before the first edit: inside a word is refused, merged with punctuation warned.
+  for (const std::string& warning : subject_boundary_warnings(*loaded.tokenizer, loaded.add_bos, requests, {}, config.source))
+    std::cerr << "warning: " << warning << "\n";
   EditContext context = prepare_edit_context(loaded, config);
   EditOptions options;
   options.path = args.reference_path ? ForwardPath::Reference : ForwardPath::Optimized;

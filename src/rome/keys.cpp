@@ -3,10 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <algorithm>
-
-#include <nlohmann/json.hpp>
-
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {
@@ -20,30 +17,10 @@ int64_t subject_last_index(const Tokenizer& tokenizer, bool add_bos, const std::
   return static_cast<int64_t>(ids.size()) - 1;
 }
 
-namespace {
-std::string token_list(const Tokenizer& tokenizer, const std::vector<int64_t>& ids, size_t count) {
-  std::string out = "[";
-  for (size_t i = 0; i < std::min(count, ids.size()); ++i)
-    out += (i ? ", " : "") + nlohmann::json(tokenizer.decode({ids[i]})).dump(-1, ' ', false,
-                                                                            nlohmann::json::error_handler_t::replace);
-  return out + (ids.size() > count ? ", ...]" : "]");
-}
-}  // namespace
-
 void check_subject_boundary(const Tokenizer& tokenizer, bool add_bos, const std::string& text_with_placeholder,
                             const std::string& subject, const std::string& where) {
-  const size_t at = text_with_placeholder.find("{}");
-  if (at == std::string::npos) throw InputError(where + ": prompt \"" + text_with_placeholder + "\" has no \"{}\"");
-  const std::vector<int64_t> through_subject = tokenizer.encode(text_with_placeholder.substr(0, at) + subject, add_bos);
-  const std::string full_text = fill_placeholder(text_with_placeholder, subject);
-  const std::vector<int64_t> full = tokenizer.encode(full_text, add_bos);
-  if (full.size() >= through_subject.size() && std::equal(through_subject.begin(), through_subject.end(), full.begin()))
-    return;
-  const size_t shown = through_subject.size() + 2;
-  throw InputError(where + ": subject \"" + subject + "\" does not end on a token boundary of \"" + full_text +
-                   "\": the prompt's tokens are " + token_list(tokenizer, full, shown) +
-                   " but the text up to the subject's end is " + token_list(tokenizer, through_subject, shown) +
-                   ", so its last token is not in the prompt; give the subject as whole tokens (e.g. the whole word)");
+  const SubjectBoundaryCheck check = subject_boundary(tokenizer, add_bos, text_with_placeholder, subject, where);
+  if (check.kind == SubjectBoundary::InsideWord) throw InputError(check.message);
 }
 
 KeySet key_set_from_rows(const at::Tensor& keys, const at::Tensor& outputs) {
