@@ -27,7 +27,8 @@ int run_check_command(const CheckArgs& args) {
   if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_config_model(config);
+  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
+  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
   print_subject_boundary_warnings(loaded, setup.requests);
   CheckThresholds thresholds;

@@ -30,7 +30,8 @@ int run_keys_command(const KeysArgs& args) {
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
   const EditConfig& config = setup.config;
-  LoadedModel loaded = load_config_model(config);
+  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
+  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
   print_subject_boundary_warnings(loaded, setup.requests);
   KeyAnalysis analysis = analyze_keys(loaded, config, setup.requests, context, options);

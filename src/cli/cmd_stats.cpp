@@ -131,19 +131,23 @@ int run_stats(const StatsArgs& args) {
   if (args.dtype != "float32" && args.dtype != "float64")
     throw InputError("--dtype \"" + args.dtype + "\": expected float32 or float64");
 
-  LoadedModel loaded = load_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
-                                  args.model.dtype);
-  const CausalLM& model = *loaded.model;
-  const ModelConfig& config = model.config();
-  if (args.layer < 0 || args.layer >= config.n_layers)
+  // T5 folders load as encoder-decoder models: C of the encoder's MLP keys.
+  LoadedModel loaded = load_key_model(args.model.model, args.model.tokenizer, args.model.add_bos, args.model.device,
+                                      args.model.dtype);
+  const std::unique_ptr<KeySource> source = make_key_source(loaded);
+  const int64_t d_ff = source->key_size();
+  if (args.layer < 0 || args.layer >= source->layers())
     throw InputError("--layer " + std::to_string(args.layer) + ": out of range for " + loaded.model_path + " (" +
-                     std::to_string(config.n_layers) + " layers)");
+                     std::to_string(source->layers()) + (loaded.seq2seq ? " encoder layers)" : " layers)"));
   // CPU: one text per pass, padding to the longest text costs more than batching saves.
   const int64_t batch_size = args.batch_size > 0 ? args.batch_size : (args.model.device == "cuda" ? 16 : 1);
-  const int64_t max_length = args.max_length > 0 ? args.max_length : config.max_positions;
-  if (max_length > config.max_positions)
+  // Room for the token a T5 input ends with ("</s>").
+  const int64_t appended = static_cast<int64_t>(source->model_input({}).size());
+  const int64_t context = source->context_length() - appended;
+  const int64_t max_length = args.max_length > 0 ? args.max_length : context;
+  if (max_length > context && !loaded.seq2seq)
     throw InputError("--max-length " + std::to_string(max_length) + ": more than the model's context of " +
-                     std::to_string(config.max_positions) + " tokens");
+                     std::to_string(context) + " tokens");
 
   std::vector<std::string> texts;
   nlohmann::json corpus_fingerprint = nlohmann::json::array();
@@ -171,15 +175,15 @@ int run_stats(const StatsArgs& args) {
   const std::filesystem::path out = args.out;
   const std::filesystem::path partial = checkpoint_path_for(out);
   const bool resuming = std::filesystem::exists(partial);
-  SecondMomentCollector collector = resuming ? SecondMomentCollector::restore(partial, fingerprint, config.d_ff, model.device())
-                                             : SecondMomentCollector(config.d_ff, model.device());
+  SecondMomentCollector collector = resuming ? SecondMomentCollector::restore(partial, fingerprint, d_ff, source->device())
+                                             : SecondMomentCollector(d_ff, source->device());
   if (collector.texts_done() > total || (collector.texts_done() % batch_size != 0 && collector.texts_done() != total))
     fail_input(partial.string(), "texts_done " + std::to_string(collector.texts_done()) +
                                      " is not a batch boundary of this run; delete it to start over");
 
   StopSignalScope signals;  // before the header line: tests wait for it before signalling
-  std::cerr << "stats: " << loaded.model_path << " layer " << args.layer << " (" << model.rewrite_weight_name(args.layer)
-            << " input, F = " << config.d_ff << "), " << total << " texts of at most " << max_length
+  std::cerr << "stats: " << loaded.model_path << " layer " << args.layer << " (" << source->rewrite_weight_name(args.layer)
+            << " input, F = " << d_ff << "), " << total << " texts of at most " << max_length
             << " tokens, batch " << batch_size << " -> " << out.string() << "\n";
   if (resuming)
     std::cerr << "stats: resuming from " << partial.string() << " at text " << collector.texts_done() << " ("
@@ -187,7 +191,6 @@ int run_stats(const StatsArgs& args) {
 
   Progress progress(total, collector.texts_done());
   int64_t tokens_this_run = 0, last_checkpoint = collector.texts_done();
-  const int64_t pad_id = loaded.pad_id();
   while (collector.texts_done() < total) {
     // Batches always start at multiples of batch_size, resumed or not: the same sums in the same order.
     const int64_t begin = collector.texts_done(), end = std::min(total, begin + batch_size);
@@ -197,7 +200,7 @@ int run_stats(const StatsArgs& args) {
       if (static_cast<int64_t>(ids.size()) > max_length) ids.resize(max_length);
       batch.push_back(std::move(ids));
     }
-    const at::Tensor keys = rewrite_keys_of_all_tokens(model, batch, args.layer, pad_id);  // [N, F]
+    const at::Tensor keys = rewrite_keys_of_all_tokens(*source, batch, args.layer);  // [N, F]
     collector.add_keys(keys);
     collector.add_texts_done(end - begin);
     tokens_this_run += keys.size(0);
@@ -225,7 +228,7 @@ int run_stats(const StatsArgs& args) {
   collector.write_second_moment(out, stored_dtype);
   remove_checkpoint_files(out, partial);
   const double elapsed = progress.elapsed();
-  std::cerr << "stats: wrote " << out.string() << " (mom2.mom2 " << config.d_ff << "x" << config.d_ff << " " << args.dtype
+  std::cerr << "stats: wrote " << out.string() << " (mom2.mom2 " << d_ff << "x" << d_ff << " " << args.dtype
             << ", count " << collector.count() << " tokens, sample_size " << collector.texts_done() << " texts) in "
             << duration_text(elapsed) << ", " << static_cast<int64_t>(elapsed > 0 ? tokens_this_run / elapsed : 0)
             << " tokens/s\n";

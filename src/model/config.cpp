@@ -199,6 +199,11 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
       if (reader.bool_or(bias_field, false))
         fail_input(file, std::string("field '") + bias_field + "' is true; Llama projections with biases are not supported");
     }
+  } else if (config.model_type == "t5") {
+    // Encoder-decoder: src/model/t5.cpp (Seq2SeqLM), reached by the key commands only.
+    fail_input(file, "model_type \"t5\" is an encoder-decoder model: T5 is supported by `keys`, `check` and "
+                     "`stats` (the encoder MLP keys), not by edit, batch, generate, perplexity or bench, which need "
+                     "a causal decoder (" + std::string(kSupportedModelTypes) + ")");
   } else {
     fail_input(file, "field 'model_type' is \"" + config.model_type + "\"; supported model types: " +
                          kSupportedModelTypes);

@@ -22,9 +22,8 @@ nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nloh
 
 }  // namespace
 
-CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
+CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
                           int64_t position_offset, int64_t max_batch_tokens) {
-  at::NoGradGuard no_grad;
   CapturedKeys captured;
   std::vector<at::Tensor> keys, outputs;
   size_t begin = 0;
@@ -38,20 +37,17 @@ CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows
       longest = length;
       ++end;
     }
-    std::vector<std::vector<int64_t>> ids;
-    ForwardOptions options;
-    options.intervention.layer = layer;
-    options.stop_after_layer = layer;
-    options.position_offset = position_offset;
+    std::vector<std::vector<int64_t>> inputs;
+    std::vector<TokenPosition> at;
     for (size_t r = begin; r < end; ++r) {
       if (rows[r].position < 0 || rows[r].position >= static_cast<int64_t>(rows[r].ids.size()))
         throw std::logic_error("capture_keys: position outside its row");
-      ids.push_back(rows[r].ids);
-      options.intervention.capture_at.push_back({static_cast<int64_t>(r - begin), rows[r].position});
+      inputs.push_back(source.model_input(rows[r].ids));
+      at.push_back({static_cast<int64_t>(r - begin), rows[r].position});
     }
-    ForwardOutput out = model.forward(pad_batch(ids, pad_id, model.device()), options);
-    keys.push_back(out.captured_keys);
-    outputs.push_back(out.captured_outputs);
+    auto [chunk_keys, chunk_outputs] = source.capture(inputs, at, layer, position_offset);
+    keys.push_back(chunk_keys);
+    outputs.push_back(chunk_outputs);
     ++captured.forward_passes;
     begin = end;
   }
@@ -61,9 +57,14 @@ CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows
   return captured;
 }
 
-std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer& tokenizer, bool add_bos,
+CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
+                          int64_t position_offset, int64_t max_batch_tokens) {
+  return capture_keys(*causal_key_source(model, pad_id), rows, layer, position_offset, max_batch_tokens);
+}
+
+std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenizer& tokenizer, bool add_bos,
                                          const std::vector<EditRequest>& requests,
-                                         const std::vector<std::string>& templates, int64_t layer, int64_t pad_id,
+                                         const std::vector<std::string>& templates, int64_t layer,
                                          int64_t position_offset, int64_t max_batch_tokens, int64_t* forward_passes) {
   // Rows exactly as compute_keys builds them, request after request.
   std::vector<KeyRow> rows;
@@ -73,7 +74,7 @@ std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer&
       rows.push_back({tokenizer.encode(fill_placeholder(with_placeholder, request.subject), add_bos),
                       subject_last_index(tokenizer, add_bos, with_placeholder, request.subject)});
     }
-  CapturedKeys captured = capture_keys(model, rows, layer, pad_id, position_offset, max_batch_tokens);
+  CapturedKeys captured = capture_keys(source, rows, layer, position_offset, max_batch_tokens);
   if (forward_passes) *forward_passes = captured.forward_passes;
   std::vector<KeySet> sets;
   const int64_t n = static_cast<int64_t>(templates.size());
@@ -82,6 +83,14 @@ std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer&
     sets.push_back(key_set_from_rows(captured.keys.slice(0, first, first + n), captured.outputs.slice(0, first, first + n)));
   }
   return sets;
+}
+
+std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer& tokenizer, bool add_bos,
+                                         const std::vector<EditRequest>& requests,
+                                         const std::vector<std::string>& templates, int64_t layer, int64_t pad_id,
+                                         int64_t position_offset, int64_t max_batch_tokens, int64_t* forward_passes) {
+  return compute_keys_batched(*causal_key_source(model, pad_id), tokenizer, add_bos, requests, templates, layer,
+                              position_offset, max_batch_tokens, forward_passes);
 }
 
 KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const std::string& requests_file) {
@@ -110,11 +119,19 @@ KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const s
 }
 
 KeyRunContext prepare_key_run(const LoadedModel& loaded, const EditConfig& config) {
-  const int64_t layers = loaded.model->config().n_layers;
+  const int64_t layers = loaded.layers();
+  const std::string what = loaded.seq2seq ? " encoder layers" : " layers";
   if (config.hparams.layer < 0 || config.hparams.layer >= layers)
     throw InputError(config.source + ": hparams.layer: " + std::to_string(config.hparams.layer) +
-                     " is out of range for a model with " + std::to_string(layers) + " layers");
-  check_module_names(*loaded.model, config.module_names, config.hparams.layer, config.source + ": hparams");
+                     " is out of range for a model with " + std::to_string(layers) + what);
+  // The paper samples its templates from the causal LM being edited; T5 has none to sample from, and
+  // a comparison with a decoder is only fair with the same prefixes, so T5 takes them as a list.
+  if (loaded.seq2seq && config.templates.generate)
+    throw InputError(config.source + ": context_templates: generating templates needs a causal decoder; for T5 "
+                     "give them as a list (e.g. the 21 fixed templates of configs/experiment5-t5-v1_0.json, the same ones "
+                     "a decoder run can use)");
+  if (loaded.model)  // module names a ROME / EasyEdit hparams file gives (causal LMs)
+    check_module_names(*loaded.model, config.module_names, config.hparams.layer, config.source + ": hparams");
   KeyRunContext context;
   context.templates = resolve_templates(loaded, config.templates);
   if (config.hparams.mom2_adjustment) context.second_moment = read_second_moment_npz(config.hparams.stats);
@@ -191,8 +208,8 @@ CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const
   report.thresholds = thresholds;
   report.templates = context.templates;
   std::vector<KeySet> key_sets =
-      compute_keys_batched(*loaded.model, *loaded.tokenizer, loaded.add_bos, requests.requests, context.templates,
-                           config.hparams.layer, loaded.pad_id(), 0, 8192, &report.forward_passes);
+      compute_keys_batched(*make_key_source(loaded), *loaded.tokenizer, loaded.add_bos, requests.requests,
+                           context.templates, config.hparams.layer, 0, 8192, &report.forward_passes);
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   for (size_t i = 0; i < requests.requests.size(); ++i) {
     const at::Tensor k_bar = key_sets[i].prefixed_key_mean.to(at::kCPU).to(at::kDouble);
@@ -249,6 +266,8 @@ nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, con
   out["context_templates"] = report.templates;
   out["timings_s"] = {{"keys_and_denominators", report.key_seconds}, {"forward_passes", report.forward_passes}};
   out["provenance"] = base_provenance(loaded, config);
+  // Which module's input the keys are (a decoder's MLP down-projection, or T5's encoder wo).
+  out["provenance"]["rewrite_weight"] = make_key_source(loaded)->rewrite_weight_name(config.hparams.layer);
   out["provenance"]["requests_source"] = requests.source;
   out["provenance"]["requests_format"] = to_string(requests.format);
   return out;

@@ -44,7 +44,7 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
           {"config", config.source},
           {"config_sha256", config.config_sha256},
           {"model", loaded.model_path},
-          {"architecture", to_string(loaded.model->config().arch)},
+          {"architecture", loaded.architecture()},
           {"tokenizer", loaded.tokenizer_path},
           {"add_bos", loaded.add_bos},
           {"device", config.device},

@@ -119,15 +119,15 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
                          const KeyRunContext& context, const KeyAnalysisOptions& options) {
   check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
-  const CausalLM& model = *loaded.model;
+  const std::unique_ptr<KeySource> source = make_key_source(loaded);
   const Tokenizer& tokenizer = *loaded.tokenizer;
   const int64_t layer = config.hparams.layer;
   KeyAnalysis analysis;
   analysis.templates = context.templates;
   analysis.prefix_tokens = options.prefix_tokens;
   int64_t passes = 0;
-  std::vector<KeySet> key_sets = compute_keys_batched(model, tokenizer, loaded.add_bos, requests.requests,
-                                                      context.templates, layer, loaded.pad_id(), 0,
+  std::vector<KeySet> key_sets = compute_keys_batched(*source, tokenizer, loaded.add_bos, requests.requests,
+                                                      context.templates, layer, 0,
                                                       options.max_batch_tokens, &passes);
   analysis.forward_passes += passes;
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
@@ -211,7 +211,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
         owner.push_back(q);
       }
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(model, rows, layer, loaded.pad_id(), 0, options.max_batch_tokens);
+      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens);
       analysis.forward_passes += captured.forward_passes;
       for (size_t row = 0; row < rows.size(); ++row) {
         RequestKeys& r = analysis.requests[first_indices[owner[row]]];
@@ -224,8 +224,8 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
   for (size_t p = 0; p < options.prefix_tokens.size() && !first_requests.empty(); ++p) {
     const int64_t k = options.prefix_tokens[p];
     // Position only: the bare prompt, position ids shifted by k.
-    std::vector<KeySet> shifted = compute_keys_batched(model, tokenizer, loaded.add_bos, first_requests, {"{}"}, layer,
-                                                       loaded.pad_id(), k, options.max_batch_tokens, &passes);
+    std::vector<KeySet> shifted = compute_keys_batched(*source, tokenizer, loaded.add_bos, first_requests, {"{}"}, layer, k,
+                                                       options.max_batch_tokens, &passes);
     analysis.forward_passes += passes;
     // Position and context: the real_prefix (arm 0) and template_prefix (arm 1) rows.
     struct Owner {
@@ -257,7 +257,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     }
     at::Tensor prefix_keys;
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(model, rows, layer, loaded.pad_id(), 0, options.max_batch_tokens);
+      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens);
       analysis.forward_passes += captured.forward_passes;
       prefix_keys = cpu_double(captured.keys);
     }
@@ -431,6 +431,8 @@ nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, c
   out["context_templates"] = analysis.templates;
   out["timings_s"] = {{"keys_and_analysis", analysis.seconds}, {"forward_passes", analysis.forward_passes}};
   out["provenance"] = base_provenance(loaded, config);
+  // Which module's input the keys are (a decoder's MLP down-projection, or T5's encoder wo).
+  out["provenance"]["rewrite_weight"] = make_key_source(loaded)->rewrite_weight_name(config.hparams.layer);
   out["provenance"]["requests_source"] = requests.source;
   out["provenance"]["requests_format"] = to_string(requests.format);
   return out;

@@ -13,24 +13,19 @@ constexpr char kCheckpointFormat[] = "rome_collapse.stats_checkpoint.v1";
 
 }  // namespace
 
-at::Tensor rewrite_keys_of_all_tokens(const CausalLM& model, const std::vector<std::vector<int64_t>>& sequences,
-                                      int64_t layer, int64_t pad_id) {
-  at::NoGradGuard no_grad;
-  std::vector<std::vector<int64_t>> rows;
-  ForwardOptions options;
-  options.intervention.layer = layer;
-  options.stop_after_layer = layer;
-  options.compute_logits = false;
+at::Tensor rewrite_keys_of_all_tokens(const KeySource& source, const std::vector<std::vector<int64_t>>& sequences,
+                                      int64_t layer) {
+  std::vector<std::vector<int64_t>> inputs;
+  std::vector<TokenPosition> at;
   for (const auto& sequence : sequences) {
     if (sequence.empty()) continue;
-    const int64_t row = static_cast<int64_t>(rows.size());
-    for (int64_t position = 0; position < static_cast<int64_t>(sequence.size()); ++position)
-      options.intervention.capture_at.push_back({row, position});
-    rows.push_back(sequence);
+    const int64_t row = static_cast<int64_t>(inputs.size());
+    inputs.push_back(source.model_input(sequence));
+    for (int64_t position = 0; position < static_cast<int64_t>(inputs.back().size()); ++position)
+      at.push_back({row, position});
   }
-  if (rows.empty()) return at::empty({0, model.config().d_ff}, at::TensorOptions().dtype(model.dtype()));
-  ForwardOutput out = model.forward(pad_batch(rows, pad_id, model.device()), options);
-  return out.captured_keys;  // [N, F]
+  if (inputs.empty()) return at::empty({0, source.key_size()}, at::TensorOptions().dtype(source.dtype()));
+  return source.capture(inputs, at, layer, 0).first;  // [N, F]
 }
 
 SecondMomentCollector::SecondMomentCollector(int64_t dim, c10::Device device)

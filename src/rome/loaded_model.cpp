@@ -11,8 +11,17 @@
 namespace rc {
 
 int64_t LoadedModel::pad_id() const {
+  if (seq2seq) return seq2seq->config().pad_token_id;
   if (auto eos = tokenizer->eos_id()) return *eos;
   return model->config().eos_token_id.value_or(0);
+}
+
+int64_t LoadedModel::layers() const {
+  return seq2seq ? seq2seq->config().encoder_layers : model->config().n_layers;
+}
+
+std::string LoadedModel::architecture() const {
+  return seq2seq ? seq2seq->architecture() : to_string(model->config().arch);
 }
 
 c10::Device parse_device(const std::string& device) {
@@ -44,6 +53,28 @@ at::ScalarType parse_dtype(const std::string& dtype) {
   throw InputError("dtype \"" + dtype + "\": expected float32, float64, bfloat16 or float16");
 }
 
+namespace {
+
+// The tokenizer at tokenizer_path, else in the model's directory (for a file, the directory holding it).
+void attach_tokenizer(LoadedModel& loaded, const std::string& tokenizer_path, std::optional<bool> add_bos,
+                      int64_t model_vocab_size) {
+  std::filesystem::path tokenizer_location =
+      tokenizer_path.empty() ? "" : resolve_model_location(tokenizer_path, {}, "tokenizer");  // a path or hub name
+  if (tokenizer_location.empty()) {
+    std::filesystem::path model_location(loaded.model_path);
+    tokenizer_location = std::filesystem::is_directory(model_location) ? model_location : model_location.parent_path();
+    if (tokenizer_location.empty()) tokenizer_location = ".";
+  }
+  loaded.tokenizer_path = tokenizer_location.string();
+  loaded.tokenizer = load_tokenizer(tokenizer_location);
+  loaded.add_bos = add_bos.value_or(loaded.tokenizer->adds_bos_by_default());
+  if (loaded.tokenizer->vocab_size() > model_vocab_size)
+    throw InputError(loaded.tokenizer_path + ": tokenizer has " + std::to_string(loaded.tokenizer->vocab_size()) +
+                     " tokens but the model's vocabulary has " + std::to_string(model_vocab_size));
+}
+
+}  // namespace
+
 LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
                        std::optional<bool> add_bos, const std::string& device, const std::string& dtype) {
   if (is_builtin_model(model_path)) {
@@ -60,19 +91,29 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
   options.dtype = parse_dtype(dtype);
   check_dtype_supported(options.dtype, options.device, dtype);
   loaded.model = load_causal_lm(loaded.model_path, options);
-  std::filesystem::path tokenizer_location = tokenizer_path.empty() ? "" : resolve_model_location(tokenizer_path, {}, "tokenizer");
-  if (tokenizer_location.empty()) {
-    std::filesystem::path model_location(loaded.model_path);
-    tokenizer_location = std::filesystem::is_directory(model_location) ? model_location : model_location.parent_path();
-    if (tokenizer_location.empty()) tokenizer_location = ".";
-  }
-  loaded.tokenizer_path = tokenizer_location.string();
-  loaded.tokenizer = load_tokenizer(tokenizer_location);
-  loaded.add_bos = add_bos.value_or(loaded.tokenizer->adds_bos_by_default());
+  attach_tokenizer(loaded, tokenizer_path, add_bos, loaded.model->config().vocab_size);
   configure_threads(&loaded.model->config());
-  if (loaded.tokenizer->vocab_size() > loaded.model->config().vocab_size)
-    throw InputError(loaded.tokenizer_path + ": tokenizer has " + std::to_string(loaded.tokenizer->vocab_size()) +
-                     " tokens but the model's vocabulary has " + std::to_string(loaded.model->config().vocab_size));
+  return loaded;
+}
+
+LoadedModel load_key_model(const std::string& model_path, const std::string& tokenizer_path,
+                           std::optional<bool> add_bos, const std::string& device, const std::string& dtype) {
+  if (is_builtin_model(model_path)) return load_model(model_path, tokenizer_path, add_bos, device, dtype);
+  const std::string location = resolve_model_location(model_path);  // a path, hub-cache folder or hub name
+  if (!is_t5_folder(location)) return load_model(location, tokenizer_path, add_bos, device, dtype);
+  LoadedModel loaded;
+  loaded.model_path = location;
+  LoadOptions options;
+  options.device = parse_device(device);
+  options.dtype = parse_dtype(dtype);
+  check_dtype_supported(options.dtype, options.device, dtype);
+  loaded.seq2seq = load_seq2seq_lm(location, options);
+  attach_tokenizer(loaded, tokenizer_path, add_bos, loaded.seq2seq->config().vocab_size);
+  // The thread heuristic looks at the widths only.
+  ModelConfig widths;
+  widths.d_model = loaded.seq2seq->config().d_model;
+  widths.d_ff = loaded.seq2seq->config().d_ff;
+  configure_threads(&widths);
   return loaded;
 }
 

@@ -61,6 +61,9 @@ std::unique_ptr<Tokenizer> load_from_directory(const fs::path& dir) {
   }
   if (is_file(vocab) && is_file(merges)) return BpeTokenizer::from_vocab_and_merges(vocab, merges);
   if (is_file(sentencepiece_model)) return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
+  // T5 folders name their SentencePiece model spiece.model (no BOS, "</s>" appended).
+  if (is_file(dir / "spiece.model"))
+    return std::make_unique<SentencePieceTokenizer>(dir / "spiece.model", SentencePieceOptions::t5());
   // llama2.c model directories hold only a tokenizer .bin beside the checkpoint.
   const auto llama2c_files = llama2c_tokenizer_files(dir);
   if (llama2c_files.size() == 1) return std::make_unique<Llama2cTokenizer>(llama2c_files.front());
@@ -87,6 +90,7 @@ std::unique_ptr<Tokenizer> load_from_file(const fs::path& file) {
     fail_input(merges.string(), "not found (vocab.json needs merges.txt beside it)");
   }
   if (extension == ".json") return BpeTokenizer::from_tokenizer_json(file);
+  if (name == "spiece.model") return std::make_unique<SentencePieceTokenizer>(file, SentencePieceOptions::t5());
   if (extension == ".model") return std::make_unique<SentencePieceTokenizer>(file);
   // Refuses other .bin files (e.g. a model checkpoint) with an error naming the file.
   if (extension == ".bin") return std::make_unique<Llama2cTokenizer>(file);

@@ -18,6 +18,7 @@
 
 #include "rome_collapse/rome/covariance.h"
 #include "rome_collapse/rome/edit.h"
+#include "rome_collapse/rome/key_source.h"
 #include "rome_collapse/rome/keys.h"
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/rome/request_file.h"
@@ -40,10 +41,18 @@ struct CapturedKeys {
   at::Tensor outputs;
   int64_t forward_passes = 0;
 };
+// Rows are token ids of texts; the source turns them into model inputs (T5 appends "</s>").
+CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
+                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
 CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
                           int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
 
 // compute_keys for many requests: the templates of several requests go through one forward pass.
+std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenizer& tokenizer, bool add_bos,
+                                         const std::vector<EditRequest>& requests,
+                                         const std::vector<std::string>& templates, int64_t layer,
+                                         int64_t position_offset = 0, int64_t max_batch_tokens = 8192,
+                                         int64_t* forward_passes = nullptr);
 std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer& tokenizer, bool add_bos,
                                          const std::vector<EditRequest>& requests,
                                          const std::vector<std::string>& templates, int64_t layer, int64_t pad_id,
@@ -62,7 +71,8 @@ struct KeyRunSetup {
 KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const std::string& requests_file);
 
 // Loads what a key-only run needs besides the model: the templates and, with mom2_adjustment, C.
-// InputError when hparams.layer is outside the model.
+// InputError when hparams.layer is outside the model (T5: its encoder), or when templates are to
+// be generated for T5 (the paper generates them with a causal LM; T5 runs take them as a list).
 struct KeyRunContext {
   std::vector<std::string> templates;
   std::optional<SecondMoment> second_moment;

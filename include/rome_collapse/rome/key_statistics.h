@@ -15,15 +15,16 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/model/causal_lm.h"
+#include "rome_collapse/rome/key_source.h"
 
 namespace rc {
 
-// Keys at `layer` of every real token of `sequences` (right-padded with pad_id into one batch,
-// forward stopped after `layer`), in (sequence, position) order: [N, F] in the model's dtype.
+// Keys at `layer` of every real token of the model inputs of `sequences` (one padded batch,
+// forward stopped after `layer`; for T5 the appended "</s>" counts, as in Hugging Face's inputs),
+// in (sequence, position) order: [N, F] in the model's dtype.
 // Empty sequences contribute nothing; all empty gives [0, F].
-at::Tensor rewrite_keys_of_all_tokens(const CausalLM& model, const std::vector<std::vector<int64_t>>& sequences,
-                                      int64_t layer, int64_t pad_id);
+at::Tensor rewrite_keys_of_all_tokens(const KeySource& source, const std::vector<std::vector<int64_t>>& sequences,
+                                      int64_t layer);
 
 // Running Σ k kᵀ in float64, the token count and how many texts are done.
 class SecondMomentCollector {

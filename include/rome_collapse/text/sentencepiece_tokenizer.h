@@ -14,17 +14,28 @@
 
 namespace rc {
 
+// Conventions that differ between the families using SentencePiece.
+struct SentencePieceOptions {
+  bool adds_bos_by_default = true;  // Llama: "<s>" first
+  bool append_eos = false;          // T5 (Hugging Face's T5Tokenizer): the model's EOS piece "</s>" ends every input
+  // T5's spiece.model: no BOS, "</s>" appended.
+  static SentencePieceOptions t5() { return {false, true}; }
+};
+
 class SentencePieceTokenizer : public Tokenizer {
  public:
   // InputError naming `model_path` when it is missing or not a SentencePiece ModelProto.
-  explicit SentencePieceTokenizer(const std::filesystem::path& model_path);
+  explicit SentencePieceTokenizer(const std::filesystem::path& model_path, SentencePieceOptions options = {});
   ~SentencePieceTokenizer() override;
   SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
   SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
 
   std::vector<int64_t> encode(const std::string& text, bool add_bos) const override;
   std::string decode(const std::vector<int64_t>& ids) const override;
-  bool adds_bos_by_default() const override { return true; }
+  bool adds_bos_by_default() const override { return options_.adds_bos_by_default; }
+  std::optional<int64_t> appended_eos_id() const override {
+    return options_.append_eos ? eos_id_ : std::nullopt;
+  }
   std::optional<int64_t> bos_id() const override { return bos_id_; }
   std::optional<int64_t> eos_id() const override { return eos_id_; }
   std::optional<int64_t> unk_id() const override { return unk_id_; }
@@ -32,6 +43,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string describe() const override { return description_; }
 
  private:
+  SentencePieceOptions options_;
   void* processor_ = nullptr;  // the shim's processor handle (released with rome_spm_free)
   std::optional<int64_t> bos_id_;
   std::optional<int64_t> eos_id_;

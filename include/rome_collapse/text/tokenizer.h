@@ -25,6 +25,10 @@ class Tokenizer {
   // Id of the unknown-piece token, where the family has one (SentencePiece, llama2.c); ROME drops
   // a leading BOS/UNK from target ids. GPT-2 BPE has none.
   virtual std::optional<int64_t> unk_id() const { return std::nullopt; }
+  // The id the family appends to every whole model input, never to pieces of one: T5's "</s>"
+  // (Hugging Face's T5Tokenizer). encode() leaves it out, so that token counts of prefixes (the
+  // subject's position) are unaffected; whoever builds a model input appends it.
+  virtual std::optional<int64_t> appended_eos_id() const { return std::nullopt; }
   virtual int64_t vocab_size() const = 0;
   // Short human-readable description ("gpt2-bpe vocab.json+merges.txt", "sentencepiece tok512.model").
   virtual std::string describe() const = 0;
