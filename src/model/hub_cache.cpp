@@ -99,7 +99,7 @@ std::string resolve_model_location(const std::string& name, const fs::path& rela
   std::error_code error;
   for (const fs::path& path : paths) {
     if (!fs::exists(path, error)) {
-      looked.push_back(path.string());
+      looked.push_back(path.string() + " (no such file or directory)");
       continue;
     }
     if (!is_repo_folder(path)) return path.string();
