@@ -58,9 +58,16 @@ json tiny_config(const fs::path& dir, const std::string& dataset, const json& ca
 
 std::string shell_quote(const fs::path& path) { return "'" + path.string() + "'"; }
 
+// tables.md's "Run started" line is the one that differs between two runs by design.
+std::string without_start_time(const std::string& text) {
+  const size_t at = text.find("- Run started: ");
+  return at == std::string::npos ? text : text.substr(0, at) + text.substr(text.find('\n', at) + 1);
+}
+
 void expect_same_tables(const fs::path& a, const fs::path& b) {
   for (const char* file : {"tables.md", "tables.csv", "summary.json"}) {
-    const std::string left = test::read_if_exists(a / file), right = test::read_if_exists(b / file);
+    const std::string left = without_start_time(test::read_if_exists(a / file)),
+                      right = without_start_time(test::read_if_exists(b / file));
     EXPECT_FALSE(left.empty()) << (a / file);
     EXPECT_EQ(left, right) << file << " differs between " << a << " and " << b;
   }
@@ -239,7 +246,21 @@ void expect_metrics_and_consistent_tables(const fs::path& dir, size_t expected_l
   }
   const std::string csv = test::read_if_exists(dir / "tables.csv");
   EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 1 + 3 * static_cast<long>(run["config"]["methods"].size()));
-  EXPECT_NE(test::read_if_exists(dir / "tables.md").find("| Efficacy | Generalisation | Locality |"), std::string::npos);
+  const std::string markdown = test::read_if_exists(dir / "tables.md");
+  EXPECT_NE(markdown.find("| Efficacy | Generalisation | Locality |"), std::string::npos);
+  // Valid Markdown: every table row has as many cells as the header ("|" inside cells escaped).
+  std::istringstream rows(markdown);
+  int64_t header_cells = -1;
+  for (std::string row; std::getline(rows, row);) {
+    if (row.empty() || row[0] != '|') continue;
+    int64_t cells = -1;  // "| a | b |": pipes minus one
+    for (size_t i = 0; i < row.size(); ++i) cells += row[i] == '|' && (i == 0 || row[i - 1] != '\\') ? 1 : 0;
+    if (header_cells < 0) header_cells = cells;
+    EXPECT_EQ(cells, header_cells) << row;
+  }
+  EXPECT_EQ(header_cells, 15);
+  EXPECT_NE(markdown.find("- Model: `"), std::string::npos) << markdown;
+  EXPECT_NE(markdown.find("- Edited layer: 1"), std::string::npos) << markdown;
 }
 
 TEST(Batch, CounterFactEveryMetricAndExactRestoration) {

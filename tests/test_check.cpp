@@ -174,6 +174,47 @@ TEST(CheckCli, UsageAndInputErrorsExitTwo) {
   EXPECT_NE(result.err.find("hparams.layer"), std::string::npos) << result.err;
 }
 
+// A request file with one record that cannot be edited: check skips it with a message naming the
+// file and the record, completes, and counts it in its JSON; a file with nothing usable is an error.
+TEST(CheckCli, SkipsABadRecordAndReportsIt) {
+  auto dir = scratch_dir("check_skip");
+  const std::string config = builtin_config(dir).string();
+  auto requests = dir / "one-bad.json";
+  write_file_atomic(requests, R"([{"prompt": "{} is a citizen of", "subject": "Leonardo", "target_new": "Japan"},
+                           {"prompt": "{} was born in", "subject": "Danielle", "target_new": ""},
+                           {"prompt": "The mother tongue of {} is", "subject": "Danielle", "target_new": "English"}])");
+  const auto report = dir / "report.json";
+  auto result = run_cli("check --config " + config + " --requests " + requests.string() + " --json " + report.string());
+  ASSERT_TRUE(result.exit_code == 0 || result.exit_code == 1) << result.err;
+  EXPECT_NE(result.err.find("one-bad.json: record 1"), std::string::npos) << result.err;
+  EXPECT_NE(result.err.find("skipped 1 of 3 records"), std::string::npos) << result.err;
+  const auto json = nlohmann::json::parse(test::read_if_exists(report));
+  EXPECT_EQ(json["summary"]["requests"], 2);
+  EXPECT_EQ(json["summary"]["skipped"], 1);
+  ASSERT_EQ(json["skipped_records"].size(), 1u);
+  EXPECT_NE(json["skipped_records"][0].get<std::string>().find("empty target"), std::string::npos);
+
+  auto none = dir / "none-usable.json";
+  write_file_atomic(none, R"([{"prompt": "Rome is", "subject": "Leonardo", "target_new": "x"}])");
+  result = run_cli("check --config " + config + " --requests " + none.string());
+  EXPECT_EQ(result.exit_code, 2);
+  EXPECT_NE(result.err.find("no usable request"), std::string::npos) << result.err;
+}
+
+// The ZsRE 1k file's record 534 has an empty "alt": read as part of a dataset it is skipped, not fatal.
+TEST(RequestFile, SkipsTheUnusableZsreRecord) {
+  ROME_REQUIRE_SHARED();
+  std::ifstream in(test::shared_path("data/zsre/zsre_mend_train-1k.json"));
+  nlohmann::json records = nlohmann::json::parse(in);
+  ASSERT_GT(records.size(), 536u);
+  auto excerpt = test::scratch_dir("check_skip_zsre") / "zsre-530.json";
+  write_file_atomic(excerpt, nlohmann::json(std::vector<nlohmann::json>(records.begin() + 530, records.begin() + 537)).dump());
+  const RequestSet set = read_request_file(excerpt);
+  EXPECT_EQ(set.requests.size(), 6u);
+  ASSERT_EQ(set.skipped.size(), 1u);
+  EXPECT_NE(set.skipped[0].find("zsre-530.json: record 4"), std::string::npos) << set.skipped[0];
+}
+
 TEST(RequestFile, ReadsPlainListsJsonLinesAndDatasets) {
   auto dir = scratch_dir("check_request_files");
   auto plain = dir / "plain.json";

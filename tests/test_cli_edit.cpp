@@ -4,6 +4,7 @@
 
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/rome/convergence.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/util/files.h"
 #include "support/golden.h"
@@ -47,6 +48,69 @@ TEST(EditCommand, DemoRunsOnTheEmbeddedModel) {
   EXPECT_LT(std::abs(rome["denominator"].get<double>()), 0.5 * std::abs(c_rome["denominator"].get<double>()));
   EXPECT_GT(rome["update_norm"].get<double>(), 2 * c_rome["update_norm"].get<double>());
   EXPECT_NE(result.out.find("c-rome-prefix"), std::string::npos);  // the side-by-side table
+  // Under the demo's settings every edit takes: the target becomes the model's prediction, the
+  // v* loss falls, and nothing is flagged.
+  for (const auto& r : json["results"]) {
+    EXPECT_GT(r["efficacy"].get<double>(), 0.0) << r["method"] << " " << r["request"]["subject"];
+    EXPECT_TRUE(r["convergence"]["took"].get<bool>()) << r["convergence"].dump();
+    EXPECT_LT(r["convergence"]["v_loss_final"].get<double>(), r["convergence"]["v_loss_initial"].get<double>());
+  }
+  EXPECT_EQ(result.err.find("warning:"), std::string::npos) << result.err;
+}
+
+// The paper's GPT-2-XL v* settings on the embedded random model: the loss rises (the first Adam step
+// lands far outside the clamp radius of this model's tiny ‖target_init‖) and the target does not
+// become the prediction. The result says so, and so does stderr.
+TEST(EditCommand, NonTakingEditIsFlagged) {
+  auto config = nlohmann::json::parse(read_file(std::filesystem::path(ROME_SOURCE_DIR) / "configs/demo.json"));
+  config.erase("requests");
+  config.erase("methods");
+  config.erase("perplexity");
+  config["request"] = {{"prompt", "{} is a citizen of"}, {"subject", "Leonardo"}, {"target_new", "Japan"}};
+  config["hparams"]["v_lr"] = 0.5;
+  config["hparams"]["v_weight_decay"] = 0.5;
+  config["hparams"]["clamp_norm_factor"] = 4;
+  auto dir = write_config("not-taking", config);
+  auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "result.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;  // a failed edit is a result, flagged, not an error
+  const auto json = nlohmann::json::parse(read_file(dir / "result.json"))["results"][0];  // schema_version 2
+  const auto& convergence = json["convergence"];
+  EXPECT_EQ(json["efficacy"], 0.0);
+  EXPECT_FALSE(convergence["took"].get<bool>()) << convergence.dump();
+  EXPECT_TRUE(convergence["loss_rose"].get<bool>()) << convergence.dump();
+  EXPECT_GT(convergence["v_loss_final"].get<double>(), convergence["v_loss_initial"].get<double>());
+  EXPECT_NE(result.err.find("warning: rome edit of \"Leonardo is a citizen of\" -> Japan: the v* optimisation diverged"),
+            std::string::npos)
+      << result.err;
+  EXPECT_NE(result.out.find("NO"), std::string::npos) << "the table's took column";
+}
+
+TEST(Convergence, VerdictFromTheOptimisationAndTheTargetScores) {
+  ValueOptimization value;
+  value.loss = {6.6, 5.0, 4.0};
+  value.nll = {6.6, 4.9, 3.9};
+  Convergence took = assess_convergence(value, 1.0, 6.5, 4.0);
+  EXPECT_TRUE(took.took());
+  EXPECT_TRUE(took.warnings.empty());
+  // Efficacy 0 and the target's NLL not lower: wrote nothing, whatever the optimisation did.
+  Convergence nothing = assess_convergence(value, 0.0, 6.5, 6.5);
+  EXPECT_TRUE(nothing.wrote_nothing);
+  EXPECT_FALSE(nothing.took());
+  ASSERT_EQ(nothing.warnings.size(), 1u);
+  EXPECT_NE(nothing.warnings[0].find("wrote nothing"), std::string::npos);
+  // Efficacy 0 but the NLL fell: not "wrote nothing" (the edit moved the target).
+  EXPECT_FALSE(assess_convergence(value, 0.0, 6.5, 6.0).wrote_nothing);
+  // A rising loss fails the edit even where it moved the target.
+  value.loss = {6.6, 31.8, 25.6};
+  Convergence diverged = assess_convergence(value, 1.0, 6.5, 4.0);
+  EXPECT_TRUE(diverged.loss_rose);
+  EXPECT_FALSE(diverged.took());
+  EXPECT_EQ(diverged.v_loss_max, 31.8);
+  const auto json = to_json(diverged);
+  EXPECT_EQ(json["took"], false);
+  EXPECT_EQ(json["warnings"].size(), 1u);
+  // Not evaluated: only the optimisation is judged.
+  EXPECT_TRUE(to_json(assess_convergence(value, std::nullopt, std::nullopt, std::nullopt))["efficacy"].is_null());
 }
 
 TEST(EditCommand, TimingsAndPeakMemoryPerPhase) {

@@ -31,6 +31,30 @@ TEST(ShippedConfigs, PapersHyperParameters) {
   }
 }
 
+// EasyEdit's ROME settings for the families researchers edit today (hparams/ROME/llama3-8b.yaml,
+// qwen2.5-7b.yaml, mistral-7b.yaml) and the Pythia setting borrowed from GPT-J's.
+TEST(ShippedConfigs, NewFamiliesHyperParameters) {
+  struct Expected {
+    const char* file;
+    int64_t layer, v_loss_layer, steps;
+    double weight_decay;
+  };
+  for (const Expected& e : {Expected{"llama3-8b.json", 5, 31, 25, 1e-3}, Expected{"qwen2.5-7b.json", 5, 27, 25, 1e-3},
+                            Expected{"mistral-7b.json", 5, 31, 25, 1e-3}, Expected{"pythia-6.9b.json", 5, 31, 20, 0.5}}) {
+    EditConfig config = read_edit_config(config_path(e.file));
+    EXPECT_EQ(config.hparams.layer, e.layer) << e.file;
+    EXPECT_EQ(config.hparams.v_loss_layer, e.v_loss_layer) << e.file;
+    EXPECT_EQ(config.hparams.v_num_grad_steps, e.steps) << e.file;
+    EXPECT_DOUBLE_EQ(config.hparams.v_weight_decay, e.weight_decay) << e.file;
+    EXPECT_DOUBLE_EQ(config.hparams.v_lr, 0.5) << e.file;
+    EXPECT_DOUBLE_EQ(config.hparams.clamp_norm_factor, 4) << e.file;
+    EXPECT_DOUBLE_EQ(config.hparams.kl_factor, 0.0625) << e.file;
+    EXPECT_FALSE(config.hparams.mom2_adjustment) << e.file;
+    EXPECT_TRUE(config.templates.generate) << e.file;
+    EXPECT_NE(config.raw["description"].get<std::string>().find("hparams/ROME/"), std::string::npos) << e.file;
+  }
+}
+
 TEST(ShippedConfigs, DemoParsesWithRequestsAndMethods) {
   EditConfig config = read_edit_config(config_path("demo.json"));
   EXPECT_EQ(config.model, "builtin:demo-gpt2");

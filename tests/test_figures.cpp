@@ -2,6 +2,7 @@
 // non-empty PNG and PDF files. Skips when python3 or matplotlib is missing.
 #include <cstdlib>
 #include <fstream>
+#include <sys/wait.h>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -108,6 +109,24 @@ TEST(Figures, ScriptsMakeTheThreeFiguresFromToolOutput) {
     out << "{\"hello\": 1}";
   }
   EXPECT_NE(run("auto " + (dir / "other.json").string() + " --out-dir " + (dir / "auto").string()), 0);
+}
+
+// Without matplotlib the script says how to get it (Debian's package) instead of a traceback. A
+// stand-in matplotlib package that fails to import makes any python3 look like one without it.
+TEST(Figures, MissingMatplotlibNamesThePackage) {
+  if (std::system("python3 -c '' >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3";
+  auto dir = scratch_dir("figures-no-matplotlib");
+  std::filesystem::create_directories(dir / "stub" / "matplotlib");
+  std::ofstream(dir / "stub" / "matplotlib" / "__init__.py") << "raise ImportError('no matplotlib here')\n";
+  const std::string command = "PYTHONPATH=" + (dir / "stub").string() + " python3 " +
+                              (std::filesystem::path(ROME_SOURCE_DIR) / "scripts/figures.py").string() +
+                              " pca keys.json --out x >" + (dir / "log").string() + " 2>&1";
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 3);
+  const std::string log = head(dir / "log", 4000);
+  EXPECT_NE(log.find("apt-get install python3-matplotlib"), std::string::npos) << log;
+  EXPECT_EQ(log.find("Traceback"), std::string::npos) << log;
 }
 
 }  // namespace

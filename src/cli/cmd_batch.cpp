@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <ctime>
 #include <cstring>
 #include <fcntl.h>
 #include <iostream>
@@ -234,6 +235,16 @@ std::string duration_text(double seconds) {
   return buffer;
 }
 
+// "2026-12-01 14:35 UTC": when a run was first started, for the tables' heading.
+std::string utc_now_text() {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%d %H:%M UTC", &utc);
+  return text;
+}
+
 std::string pair_key(int64_t position, const std::string& method) { return std::to_string(position) + "/" + method; }
 
 // Puts W back and proves it is bit for bit the original.
@@ -276,6 +287,7 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
   return {{"schema_version", kRunSchemaVersion},
           {"tool", "rome-collapse"},
           {"version", ROME_COLLAPSE_VERSION},
+          {"started_utc", utc_now_text()},
           {"config_source", run.config.source},
           {"config_sha256", run.config.config_sha256},
           {"config", config},
@@ -409,6 +421,10 @@ int run_batch(const BatchArgs& args) {
     for (const auto& item : quality.items()) line[item.key()] = item.value();
     appender.append(line);
     ++new_edits;
+    if (line.contains("convergence"))
+      for (const auto& warning : line["convergence"]["warnings"])
+        std::cerr << "batch: warning: case " << record.case_id << " " << to_string(method) << ": "
+                  << warning.get<std::string>() << "\n";
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     const double per_edit = elapsed / double(new_edits);
     std::cerr << "batch: " << (total - to_do + new_edits) << "/" << total << " case " << record.case_id << " "
@@ -488,7 +504,16 @@ int run_batch(const BatchArgs& args) {
     restore_weight(loaded, layer, original_weight, "the sequential run");
   }
 
-  write_tables(run.dir);
+  int64_t edits = 0, not_taken = 0, loss_rose = 0;
+  for (const TableRow& row : write_tables(run.dir))
+    if (row.group == "all") {
+      edits += row.cases;
+      not_taken += row.not_taken;
+      loss_rose += row.loss_rose;
+    }
+  if (not_taken > 0 || loss_rose > 0)
+    std::cerr << "batch: warning: " << not_taken << " of " << edits << " edits did not take and " << loss_rose
+              << " had a rising v* loss (columns \"not taken\" and \"loss rose\" of tables.md)\n";
   if (g_signal != 0) {
     std::cerr << "batch: stopped by " << (g_signal == SIGINT ? "SIGINT" : "SIGTERM") << " after " << new_edits
               << " new edits; " << results_path.string() << " is complete up to there. Run the same command to continue.\n";

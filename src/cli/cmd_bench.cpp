@@ -1,6 +1,7 @@
 // `rome-collapse bench`: per-edit time by phase and peak memory, the optimised path against the
 // reference-equivalent path (every layer recomputed each step, full logits everywhere, one padded
 // batch) side by side in one run, with the difference of their v*.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -28,6 +29,19 @@ namespace {
 
 // The 21 templates of the reference runs: "{}" and 20 fixed "<text>. {}" prefixes.
 const std::vector<std::string>& kTemplates = fixed_example_templates();
+
+// Seeded random weights in a real model's shape (model_shape); "gpt2-tiny" is the demo's, not a bench model.
+bool is_random_shape(const std::string& name) {
+  const auto& names = model_shape_names();
+  return name != "gpt2-tiny" && std::find(names.begin(), names.end(), name) != names.end();
+}
+
+std::string random_shape_list() {
+  std::string list;
+  for (const auto& name : model_shape_names())
+    if (is_random_shape(name)) list += (list.empty() ? "" : ", ") + name;
+  return list;
+}
 
 struct BenchModel {
   std::string name;
@@ -57,7 +71,7 @@ BenchModel make_model(const std::string& name, const std::filesystem::path& shar
                               need_shared("models/stories260K/tok512.model"), std::nullopt, device, dtype);
     hp.layer = 2, hp.v_loss_layer = 4, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
     request = {"{} loved to play with her", "Lily", "dog", "toys"};
-  } else if (name == "gpt2-small" || name == "gpt2-xl" || name == "gptj-6b" || name == "llama2-7b") {
+  } else if (is_random_shape(name)) {
     // Seeded random weights in the real shapes, created on the device; the embedded byte-level
     // tokenizer drives them (ids < 1000), the vocabulary keeps the real size so that the LM head
     // costs what it really costs. Layers and steps: the paper's hparams (configs/).
@@ -75,9 +89,14 @@ BenchModel make_model(const std::string& name, const std::filesystem::path& shar
     if (name == "gpt2-xl") hp.layer = 17, hp.v_loss_layer = 47;
     if (name == "gptj-6b") hp.layer = 5, hp.v_loss_layer = 27;
     if (name == "llama2-7b") hp.layer = 5, hp.v_loss_layer = 31, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
+    // EasyEdit's hparams/ROME/{llama3-8b,qwen2.5-7b,mistral-7b}.yaml; Pythia as GPT-J (configs/).
+    if (name == "llama3-8b" || name == "mistral-7b")
+      hp.layer = 5, hp.v_loss_layer = 31, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
+    if (name == "qwen2.5-7b") hp.layer = 5, hp.v_loss_layer = 27, hp.v_num_grad_steps = 25, hp.v_weight_decay = 1e-3;
+    if (name == "pythia-6.9b") hp.layer = 5, hp.v_loss_layer = 31;
   } else {
-    throw InputError("bench: unknown model \"" + name +
-                     "\" (tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl, gptj-6b, llama2-7b)");
+    throw InputError("bench: unknown model \"" + name + "\" (tiny-gpt2, tiny-llama, tiny-gptj, stories260K, " +
+                     random_shape_list() + ")");
   }
   hp.early_stop_loss = -1;  // every edit runs all its steps, so the two paths do equal work
   if (steps_override > 0) hp.v_num_grad_steps = steps_override;

@@ -26,6 +26,11 @@ int run_check_command(const CheckArgs& args) {
   if (!(args.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
   if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
+  for (const auto& why : setup.requests.skipped) std::cerr << "check: skipping " << why << "\n";
+  if (!setup.requests.skipped.empty())
+    std::cerr << "check: skipped " << setup.requests.skipped.size() << " of "
+              << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
+              << setup.requests.source << "\n";
   const EditConfig& config = setup.config;
   // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
   LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
@@ -34,7 +39,9 @@ int run_check_command(const CheckArgs& args) {
   CheckThresholds thresholds;
   thresholds.min_abs_denominator = args.min_abs_denominator;
   thresholds.min_ratio = args.min_ratio;
-  CheckReport report = run_check(loaded, config, setup.requests, context, thresholds);
+  ProgressReporter progress("check", static_cast<int64_t>(setup.requests.requests.size() * context.templates.size()),
+                            "prompts");
+  CheckReport report = run_check(loaded, config, setup.requests, context, thresholds, &progress);
   if (!args.json.empty()) write_file_atomic(args.json, json_text(to_json(report, loaded, config, setup.requests)) + "\n");
   std::cout << format_check_table(report);
   if (!args.json.empty()) std::cout << "report written to " << args.json << "\n";

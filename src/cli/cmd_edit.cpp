@@ -19,8 +19,8 @@ namespace {
 
 void print_comparison(std::ostream& out, const std::vector<nlohmann::json>& results) {
   char line[512];
-  std::snprintf(line, sizeof line, "%-34s %-14s %6s %12s %10s %12s %12s %8s %9s\n", "request (subject)", "method", "first",
-                "denominator", "||dW||", "ppl before", "ppl after", "efficacy", "collapse");
+  std::snprintf(line, sizeof line, "%-34s %-14s %6s %12s %10s %12s %12s %8s %9s %5s\n", "request (subject)", "method",
+                "first", "denominator", "||dW||", "ppl before", "ppl after", "efficacy", "collapse", "took");
   out << line;
   for (const auto& r : results) {
     std::string request = r["request"]["prompt"].get<std::string>() + " (" + r["request"]["subject"].get<std::string>() + ")";
@@ -28,12 +28,15 @@ void print_comparison(std::ostream& out, const std::vector<nlohmann::json>& resu
     auto number = [](const nlohmann::json& v) { return v.is_number() ? v.get<double>() : std::nan(""); };
     const auto& before = r.value("perplexity_before", nlohmann::json());
     const auto& after = r.value("perplexity_after", nlohmann::json());
-    std::snprintf(line, sizeof line, "%-34s %-14s %6s %12.4f %10.4f %12.2f %12.2f %8.2f %9s\n", request.c_str(),
+    const auto& convergence = r.value("convergence", nlohmann::json());
+    const char* took = convergence.is_object() ? (convergence["took"].get<bool>() ? "yes" : "NO") : "-";
+    std::snprintf(line, sizeof line, "%-34s %-14s %6s %12.4f %10.4f %12.2f %12.2f %8.2f %9s %5s\n", request.c_str(),
                   r["method"].get<std::string>().c_str(), r["subject_first"].get<bool>() ? "yes" : "no",
                   r["denominator"].get<double>(), r["update_norm"].get<double>(),
                   before.is_object() ? number(before["mean"]) : std::nan(""),
                   after.is_object() ? number(after["mean"]) : std::nan(""), number(r.value("efficacy", nlohmann::json())),
-                  r.value("collapse", nlohmann::json()).is_boolean() ? (r["collapse"].get<bool>() ? "YES" : "no") : "-");
+                  r.value("collapse", nlohmann::json()).is_boolean() ? (r["collapse"].get<bool>() ? "YES" : "no") : "-",
+                  took);
     out << line;
   }
 }
@@ -168,6 +171,10 @@ int run_edit_command(const EditArgs& args) {
       std::cerr << "editing \"" << fill_placeholder(request.prompt, request.subject) << "\" -> " << request.target_new
                 << " with " << to_string(method) << "\n";
       last = run_edit(loaded, config, request, method, context, options);
+      // A failed edit must not pass for a result: say so where the user looks.
+      for (const auto& warning : last->result["convergence"]["warnings"])
+        std::cerr << "warning: " << to_string(method) << " edit of \"" << fill_placeholder(request.prompt, request.subject)
+                  << "\" -> " << request.target_new << ": " << warning.get<std::string>() << "\n";
       results.push_back(last->result);
     }
 

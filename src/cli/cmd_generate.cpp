@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/util/progress.h"
 #include "rome_collapse/eval/text_file.h"
 #include "rome_collapse/model/generation.h"
 #include "rome_collapse/rome/loaded_model.h"
@@ -46,9 +47,10 @@ int run_perplexity(const PerplexityArgs& args) {
   std::vector<std::string> texts = read_texts(args.texts);
   PerplexitySummary summary;
   try {
+    ProgressReporter progress("perplexity", static_cast<int64_t>(texts.size()), "texts");
     summary = perplexity(*loaded.model,
                          perplexity_token_ids(*loaded.tokenizer, texts, loaded.model->config().max_positions),
-                         args.batch_size);
+                         args.batch_size, &progress);
   } catch (const InputError& e) {
     throw InputError(args.texts + ": " + e.what());
   }

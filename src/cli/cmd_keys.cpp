@@ -9,6 +9,7 @@
 #include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc::cli {
 namespace {
@@ -29,11 +30,18 @@ int run_keys_command(const KeysArgs& args) {
   for (int64_t k : options.prefix_tokens)
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
+  for (const auto& why : setup.requests.skipped) std::cerr << "keys: skipping " << why << "\n";
+  if (!setup.requests.skipped.empty())
+    std::cerr << "keys: skipped " << setup.requests.skipped.size() << " of "
+              << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
+              << setup.requests.source << "\n";
   const EditConfig& config = setup.config;
   // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
   LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
   print_subject_boundary_warnings(loaded, setup.requests);
+  ProgressReporter progress("keys", 0, "prompts");
+  options.progress = &progress;
   KeyAnalysis analysis = analyze_keys(loaded, config, setup.requests, context, options);
   // Both outputs are built before either is written, each atomically.
   const auto members = npz_members(analysis);

@@ -19,6 +19,7 @@
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc::cli {
 namespace {
@@ -65,51 +66,6 @@ std::string absolute_path(const std::string& path) {
   auto canonical = std::filesystem::weakly_canonical(path, error);
   return error ? path : canonical.string();
 }
-
-std::string duration_text(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "?";
-  char text[32];
-  const long s = static_cast<long>(seconds + 0.5);
-  if (s >= 3600) std::snprintf(text, sizeof text, "%ldh%02ldm", s / 3600, (s / 60) % 60);
-  else if (s >= 60) std::snprintf(text, sizeof text, "%ldm%02lds", s / 60, s % 60);
-  else std::snprintf(text, sizeof text, "%lds", s);
-  return text;
-}
-
-// Progress on stderr: one updating line on a terminal, a line every 10 s otherwise.
-class Progress {
- public:
-  Progress(int64_t total, int64_t start) : total_(total), start_texts_(start), tty_(::isatty(STDERR_FILENO) == 1) {}
-
-  void update(int64_t texts_done, int64_t tokens_this_run, bool force = false) {
-    const auto now = Clock::now();
-    const double since_print = std::chrono::duration<double>(now - last_print_).count();
-    if (!force && since_print < (tty_ ? 0.5 : 10.0)) return;
-    last_print_ = now;
-    const double elapsed = std::chrono::duration<double>(now - start_).count();
-    const int64_t texts_this_run = texts_done - start_texts_;
-    const double eta = texts_this_run > 0 ? elapsed / texts_this_run * (total_ - texts_done) : -1;
-    char line[256];
-    std::snprintf(line, sizeof line, "stats: %lld/%lld texts (%.1f%%), %lld tokens, %.0f tokens/s, elapsed %s, ETA %s",
-                  static_cast<long long>(texts_done), static_cast<long long>(total_),
-                  total_ > 0 ? 100.0 * texts_done / total_ : 100.0, static_cast<long long>(tokens_this_run),
-                  elapsed > 0 ? tokens_this_run / elapsed : 0.0, duration_text(elapsed).c_str(), duration_text(eta).c_str());
-    std::cerr << (tty_ ? "\r" : "") << line << (tty_ ? "\033[K" : "\n") << std::flush;
-    printed_on_tty_ = tty_;
-  }
-  void finish_line() {
-    if (printed_on_tty_) std::cerr << "\n";
-    printed_on_tty_ = false;
-  }
-  double elapsed() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
-
- private:
-  using Clock = std::chrono::steady_clock;
-  int64_t total_, start_texts_;
-  bool tty_;
-  bool printed_on_tty_ = false;
-  Clock::time_point start_ = Clock::now(), last_print_ = Clock::now();
-};
 
 // The checkpoint and any temporary file a killed run left while writing it or the output.
 void remove_checkpoint_files(const std::filesystem::path& out, const std::filesystem::path& partial) {
@@ -189,8 +145,14 @@ int run_stats(const StatsArgs& args) {
     std::cerr << "stats: resuming from " << partial.string() << " at text " << collector.texts_done() << " ("
               << collector.count() << " tokens so far)\n";
 
-  Progress progress(total, collector.texts_done());
   int64_t tokens_this_run = 0, last_checkpoint = collector.texts_done();
+  ProgressReporter progress("stats", total, "texts");
+  progress.start_at(collector.texts_done());
+  auto token_rate = [&] {
+    const double elapsed = progress.elapsed();
+    return std::to_string(tokens_this_run) + " tokens, " +
+           std::to_string(static_cast<int64_t>(elapsed > 0 ? tokens_this_run / elapsed : 0)) + " tokens/s";
+  };
   while (collector.texts_done() < total) {
     // Batches always start at multiples of batch_size, resumed or not: the same sums in the same order.
     const int64_t begin = collector.texts_done(), end = std::min(total, begin + batch_size);
@@ -211,9 +173,9 @@ int run_stats(const StatsArgs& args) {
       collector.save_checkpoint(partial, fingerprint);
       last_checkpoint = collector.texts_done();
     }
-    progress.update(collector.texts_done(), tokens_this_run, finished || stop);
+    progress.update(collector.texts_done(), token_rate());
     if (stop && !finished) {
-      progress.finish_line();
+      progress.finish(token_rate());
       const std::string why = g_stop_signal == SIGTERM ? "SIGTERM"
                               : g_stop_signal == SIGINT ? "SIGINT"
                                                         : "--stop-after-texts";
@@ -223,14 +185,14 @@ int run_stats(const StatsArgs& args) {
       return kInterruptedExit;
     }
   }
-  progress.finish_line();
+  progress.finish(token_rate());
   if (collector.count() == 0) throw InputError("--corpus: the texts encode to no tokens; nothing to collect");
   collector.write_second_moment(out, stored_dtype);
   remove_checkpoint_files(out, partial);
   const double elapsed = progress.elapsed();
   std::cerr << "stats: wrote " << out.string() << " (mom2.mom2 " << d_ff << "x" << d_ff << " " << args.dtype
             << ", count " << collector.count() << " tokens, sample_size " << collector.texts_done() << " texts) in "
-            << duration_text(elapsed) << ", " << static_cast<int64_t>(elapsed > 0 ? tokens_this_run / elapsed : 0)
+            << short_duration(elapsed) << ", " << static_cast<int64_t>(elapsed > 0 ? tokens_this_run / elapsed : 0)
             << " tokens/s\n";
   return kOk;
 }

@@ -192,7 +192,8 @@ int main(int argc, char** argv) {
   rc::cli::BenchArgs bench_args;
   auto* bench = app.add_subcommand("bench", "time edits: optimised path vs the paper's reference-equivalent path");
   bench->add_option("--models", bench_args.models,
-                    "comma list of tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl, gptj-6b, llama2-7b");
+                    "comma list of tiny-gpt2, tiny-llama, tiny-gptj, stories260K, gpt2-small, gpt2-xl, gptj-6b, llama2-7b, "
+                    "llama3-8b, qwen2.5-7b, mistral-7b, pythia-6.9b");
   bench->add_option("--shared", bench_args.shared, "the shared/ folder with the reference models");
   bench->add_option("--steps", bench_args.steps, "optimisation iterations (default: each model's setting)")
       ->check(CLI::NonNegativeNumber);

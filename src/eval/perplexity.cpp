@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/util/error.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc {
 
@@ -26,7 +27,7 @@ std::vector<std::vector<int64_t>> perplexity_token_ids(const Tokenizer& tokenize
 }
 
 PerplexitySummary perplexity(const CausalLM& model, const std::vector<std::vector<int64_t>>& token_ids,
-                             int64_t batch_size) {
+                             int64_t batch_size, ProgressReporter* progress) {
   if (batch_size < 1) throw InputError("perplexity: batch size must be at least 1");
   at::NoGradGuard no_grad;
   const int64_t pad = model.config().eos_token_id.value_or(0);
@@ -46,7 +47,9 @@ PerplexitySummary perplexity(const CausalLM& model, const std::vector<std::vecto
     at::Tensor mean_nll = (nll * target_mask).sum(1) / target_mask.sum(1);
     at::Tensor ppl = at::exp(mean_nll).to(at::kDouble).cpu();
     for (int64_t r = 0; r < ppl.size(0); ++r) per_text.push_back(ppl[r].item<double>());
+    if (progress) progress->update(static_cast<int64_t>(stop));
   }
+  if (progress) progress->finish();
   return summarize_perplexities(std::move(per_text));
 }
 

@@ -1,5 +1,6 @@
 #pragma once
-// Private to src/model: the concrete architectures and the shared layer math.
+// Private to src/model: the generic decoder (decoder.cpp, driven by an ArchitectureSpec) and the
+// shared layer math.
 #include <memory>
 
 #include <ATen/ATen.h>
@@ -8,9 +9,7 @@
 
 namespace rc::detail {
 
-std::unique_ptr<CausalLM> make_gpt2(Checkpoint checkpoint, LoadOptions options);
-std::unique_ptr<CausalLM> make_gptj(Checkpoint checkpoint, LoadOptions options);
-std::unique_ptr<CausalLM> make_llama(Checkpoint checkpoint, LoadOptions options);
+std::unique_ptr<CausalLM> make_decoder(Checkpoint checkpoint, LoadOptions options);
 
 // GPT-2's "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). libtorch's fused tanh GELU is
 // the same formula in one kernel (forward and backward) instead of seven elementwise ones; it agrees with

@@ -103,6 +103,55 @@ at::Tensor CausalLM::rewrite_with_intervention(int64_t layer, const at::Tensor& 
   return output;
 }
 
+namespace {
+
+// The attention masks as additive float32 biases [1 or B, 1, T, P + T] (0 where a query may look,
+// -inf where not), built once per forward pass for all layers.
+struct AttentionBiases {
+  at::Tensor full;      // causal; with ragged caches (past_valid) a row also skips cached positions not its own
+  at::Tensor windowed;  // the same, also blocking keys sliding_window or more positions back; undefined without window
+};
+
+at::Tensor as_bias(const at::Tensor& blocked) {
+  return at::zeros(blocked.sizes(), blocked.options().dtype(at::kFloat))
+      .masked_fill_(blocked, -std::numeric_limits<float>::infinity());
+}
+
+AttentionBiases attention_biases(const ModelConfig& config, const at::Tensor& ids, const at::Tensor& positions,
+                                 int64_t past_length, const ForwardOptions& options) {
+  const int64_t seq_len = ids.size(1), batch = ids.size(0);
+  // Query i sits at position P + i.
+  at::Tensor blocked = at::ones({seq_len, past_length + seq_len}, ids.options().dtype(at::kBool))
+                           .triu(past_length + 1)
+                           .view({1, 1, seq_len, past_length + seq_len});  // true = masked
+  if (options.past_valid.defined()) {
+    TORCH_CHECK(options.past_valid.size(1) == past_length, "forward: past_valid covers ", options.past_valid.size(1),
+                " cached positions, the cache has ", past_length);
+    at::Tensor invalid = at::cat({options.past_valid.logical_not(), at::zeros({batch, seq_len}, blocked.options())}, 1);
+    blocked = blocked.logical_or(invalid.view({batch, 1, 1, past_length + seq_len}));  // [B, 1, T, P + T]
+  }
+  AttentionBiases biases{as_bias(blocked), at::Tensor()};
+  if (config.sliding_window <= 0) return biases;
+  // Key positions: cached position p sits at cache index p (ragged rows keep their own earlier
+  // positions left-aligned), new keys at the queries' positions.
+  at::Tensor key_positions;
+  if (positions.dim() == 1) {
+    key_positions = at::cat({at::arange(options.position_offset, options.position_offset + past_length,
+                                        positions.options()),
+                             positions});                                                       // [P + T]
+  } else {
+    key_positions = at::cat({at::arange(past_length, positions.options()).expand({batch, past_length}),
+                             positions}, 1);                                                    // [B, P + T]
+  }
+  at::Tensor distance = positions.unsqueeze(-1) - key_positions.unsqueeze(-2);  // [T or B x T, P + T]
+  at::Tensor outside = distance.ge(config.sliding_window).view({positions.dim() == 1 ? 1 : batch, 1, seq_len,
+                                                                past_length + seq_len});
+  biases.windowed = as_bias(blocked.logical_or(outside));
+  return biases;
+}
+
+}  // namespace
+
 ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& options) const {
   ForwardOutput out;
   const int64_t seq_len = ids.size(1);
@@ -116,20 +165,7 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
   at::Tensor positions = options.row_positions.defined()
                              ? options.row_positions
                              : at::arange(first_position, first_position + seq_len, ids.options().dtype(at::kLong));
-  // The attention mask as an additive bias, built once for all layers: causal (query i sits at
-  // position P + i); with ragged caches (past_valid) a row also skips the cached positions not its own.
-  at::Tensor blocked = at::ones({seq_len, past_length + seq_len}, ids.options().dtype(at::kBool))
-                           .triu(past_length + 1)
-                           .view({1, 1, seq_len, past_length + seq_len});  // true = masked
-  if (options.past_valid.defined()) {
-    TORCH_CHECK(options.past_valid.size(1) == past_length, "forward: past_valid covers ", options.past_valid.size(1),
-                " cached positions, the cache has ", past_length);
-    const int64_t batch = ids.size(0);
-    at::Tensor invalid = at::cat({options.past_valid.logical_not(), at::zeros({batch, seq_len}, blocked.options())}, 1);
-    blocked = blocked.logical_or(invalid.view({batch, 1, 1, past_length + seq_len}));  // [B, 1, T, P + T]
-  }
-  const at::Tensor attention_bias = at::zeros(blocked.sizes(), ids.options().dtype(at::kFloat))
-                                        .masked_fill_(blocked, -std::numeric_limits<float>::infinity());
+  const AttentionBiases biases = attention_biases(config_, ids, positions, past_length, options);
   if (options.record) {
     options.record->keys.resize(config_.n_layers);
     options.record->values.resize(config_.n_layers);
@@ -151,7 +187,8 @@ ForwardOutput CausalLM::forward(const at::Tensor& ids, const ForwardOptions& opt
       kv.past_values = options.past->values[layer];
     }
     kv.record = options.record != nullptr;
-    kv.attention_bias = attention_bias;
+    kv.attention_bias = biases.windowed.defined() && layer >= config_.sliding_window_from_layer ? biases.windowed
+                                                                                                : biases.full;
     hidden = block(layer, hidden, positions, options.intervention, out, kv);
     if (options.record) {
       options.record->keys[layer] = kv.keys;
@@ -180,12 +217,7 @@ std::unique_ptr<CausalLM> load_causal_lm(const std::filesystem::path& path, cons
 
 std::unique_ptr<CausalLM> build_causal_lm(Checkpoint checkpoint, const LoadOptions& options) {
   validate_checkpoint(checkpoint);
-  switch (checkpoint.config.arch) {
-    case Architecture::GPT2: return detail::make_gpt2(std::move(checkpoint), options);
-    case Architecture::GPTJ: return detail::make_gptj(std::move(checkpoint), options);
-    case Architecture::Llama: return detail::make_llama(std::move(checkpoint), options);
-  }
-  fail_input(checkpoint.source, "unsupported architecture");
+  return detail::make_decoder(std::move(checkpoint), options);
 }
 
 at::Tensor pad_batch(const std::vector<std::vector<int64_t>>& sequences, int64_t pad_id, c10::Device device) {

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/model/architecture.h"
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -271,7 +272,7 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
   checkpoint.source = file;
   checkpoint.format = "llama2c";
   ModelConfig& config = checkpoint.config;
-  config.arch = Architecture::Llama;
+  config = default_config(Architecture::Llama);
   config.model_type = "llama2c";
   config.vocab_size = vocab;
   config.d_model = dim;
@@ -314,7 +315,7 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
   return checkpoint;
 }
 
-// ---- expected tensors per architecture -------------------------------------------------------
+// ---- expected tensors, from the architecture's spec ------------------------------------------
 
 struct ExpectedTensor {
   std::string name;
@@ -322,76 +323,45 @@ struct ExpectedTensor {
   bool optional = false;  // checked only when present
 };
 
-std::vector<ExpectedTensor> expected_tensors(const ModelConfig& c) {
-  const int64_t V = c.vocab_size, D = c.d_model, F = c.d_ff, P = c.max_positions;
+std::vector<ExpectedTensor> expected_tensors(const ModelConfig& config) {
   std::vector<ExpectedTensor> expected;
-  auto need = [&expected](const std::string& name, std::vector<int64_t> shape, bool optional = false) {
-    expected.push_back({name, std::move(shape), optional});
-  };
-  switch (c.arch) {
-    case Architecture::GPT2:
-      need("transformer.wte.weight", {V, D});
-      need("transformer.wpe.weight", {P, D});
-      for (int64_t i = 0; i < c.n_layers; ++i) {
-        const std::string p = "transformer.h." + std::to_string(i) + ".";
-        for (const char* norm : {"ln_1", "ln_2"}) {
-          need(p + norm + ".weight", {D});
-          need(p + norm + ".bias", {D});
-        }
-        // Conv1D stores weights [in, out].
-        need(p + "attn.c_attn.weight", {D, 3 * D});
-        need(p + "attn.c_attn.bias", {3 * D});
-        need(p + "attn.c_proj.weight", {D, D});
-        need(p + "attn.c_proj.bias", {D});
-        need(p + "mlp.c_fc.weight", {D, F});
-        need(p + "mlp.c_fc.bias", {F});
-        need(p + "mlp.c_proj.weight", {F, D});
-        need(p + "mlp.c_proj.bias", {D});
-      }
-      need("transformer.ln_f.weight", {D});
-      need("transformer.ln_f.bias", {D});
-      if (!c.tie_word_embeddings) need("lm_head.weight", {V, D});
-      break;
-    case Architecture::GPTJ:
-      need("transformer.wte.weight", {V, D});
-      for (int64_t i = 0; i < c.n_layers; ++i) {
-        const std::string p = "transformer.h." + std::to_string(i) + ".";
-        need(p + "ln_1.weight", {D});
-        need(p + "ln_1.bias", {D});
-        for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"}) need(p + "attn." + proj + ".weight", {D, D});
-        need(p + "mlp.fc_in.weight", {F, D});
-        need(p + "mlp.fc_in.bias", {F});
-        need(p + "mlp.fc_out.weight", {D, F});
-        need(p + "mlp.fc_out.bias", {D});
-      }
-      need("transformer.ln_f.weight", {D});
-      need("transformer.ln_f.bias", {D});
-      if (!c.tie_word_embeddings) need("lm_head.weight", {V, D});
-      need("lm_head.bias", {V});
-      break;
-    case Architecture::Llama: {
-      const int64_t q_rows = c.n_heads * c.head_dim, kv_rows = c.n_kv_heads * c.head_dim;
-      need("model.embed_tokens.weight", {V, D});
-      for (int64_t i = 0; i < c.n_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        need(p + "input_layernorm.weight", {D});
-        need(p + "self_attn.q_proj.weight", {q_rows, D});
-        need(p + "self_attn.k_proj.weight", {kv_rows, D});
-        need(p + "self_attn.v_proj.weight", {kv_rows, D});
-        need(p + "self_attn.o_proj.weight", {D, q_rows});
-        need(p + "post_attention_layernorm.weight", {D});
-        need(p + "mlp.gate_proj.weight", {F, D});
-        need(p + "mlp.up_proj.weight", {F, D});
-        need(p + "mlp.down_proj.weight", {D, F});
-      }
-      need("model.norm.weight", {D});
-      if (!c.tie_word_embeddings) need("lm_head.weight", {V, D});
-      break;
+  for (const TensorSpec& tensor : architecture_spec(config.arch).tensors) {
+    // A tied model may still store its head (llama2.c always does): then it must fit too.
+    const bool optional = !tensor_present(tensor, config);
+    if (optional && tensor.presence != Presence::Untied) continue;
+    const int64_t layers = is_per_layer(tensor) ? config.n_layers : 1;
+    for (int64_t layer = 0; layer < layers; ++layer)
+      expected.push_back({tensor_name(tensor, layer), tensor_shape(tensor, config), optional});
+  }
+  return expected;
+}
+
+bool ends_with_any(const std::string& name, const std::vector<std::string>& suffixes) {
+  for (const auto& suffix : suffixes)
+    if (name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return true;
+  return false;
+}
+
+// Real checkpoints name tensors in more than one way: some omit the family's leading prefix
+// (OPT "decoder.*", GPT-2 "h.*"), old ones carry buffers the model never reads (Pythia's
+// attention.bias / masked_bias / rotary_emb.inv_freq). Renames the first, drops the second.
+void normalise_tensor_names(Checkpoint& checkpoint) {
+  const ArchitectureSpec& spec = architecture_spec(checkpoint.config.arch);
+  std::set<std::string> expected;
+  for (const auto& tensor : expected_tensors(checkpoint.config)) expected.insert(tensor.name);
+  std::vector<std::string> names;
+  for (const auto& entry : checkpoint.tensors) names.push_back(entry.first);
+  for (const std::string& name : names) {
+    if (expected.count(name)) continue;
+    const std::string prefixed = spec.optional_prefix + name;
+    if (!spec.optional_prefix.empty() && expected.count(prefixed) && !checkpoint.tensors.count(prefixed)) {
+      checkpoint.tensors[prefixed] = checkpoint.tensors.at(name);
+      checkpoint.tensors.erase(name);
+    } else if (ends_with_any(name, spec.ignored_suffixes)) {
+      checkpoint.tensors.erase(name);
     }
   }
-  // A tied model may still store lm_head (llama2.c always provides it): then it must fit too.
-  if (c.tie_word_embeddings) need("lm_head.weight", {V, D}, /*optional=*/true);
-  return expected;
 }
 
 }  // namespace
@@ -404,7 +374,9 @@ void validate_checkpoint(const Checkpoint& checkpoint) {
     fail_input(checkpoint.source, implied_by + " declares " + std::to_string(config.n_layers) +
                                       " layers but the checkpoint holds only " +
                                       std::to_string(checkpoint.tensors.size()) + " tensors");
+  std::set<std::string> known;
   for (const ExpectedTensor& expected : expected_tensors(config)) {
+    known.insert(expected.name);
     auto found = checkpoint.tensors.find(expected.name);
     if (found == checkpoint.tensors.end()) {
       if (expected.optional) continue;
@@ -415,6 +387,13 @@ void validate_checkpoint(const Checkpoint& checkpoint) {
                                         shape_string(found->second.sizes()) + " but " + implied_by + " implies " +
                                         shape_string(expected.shape));
   }
+  // A tensor the model would not read means the file and config.json disagree (another variant,
+  // more layers than declared): refused rather than silently ignored.
+  const auto& ignored = architecture_spec(config.arch).ignored_suffixes;
+  for (const auto& [name, tensor] : checkpoint.tensors)
+    if (!known.count(name) && !ends_with_any(name, ignored))
+      fail_input(checkpoint.source, "unexpected tensor '" + name + "': " + to_string(config.arch) + " with this " +
+                                        implied_by + " has no such weight");
 }
 
 Checkpoint load_checkpoint(const fs::path& path, at::ScalarType compute_dtype) {
@@ -455,6 +434,7 @@ Checkpoint load_checkpoint(const fs::path& path, at::ScalarType compute_dtype) {
       checkpoint = load_llama2c(path, compute_dtype);
     }
   }
+  normalise_tensor_names(checkpoint);
   validate_checkpoint(checkpoint);
   return checkpoint;
 }

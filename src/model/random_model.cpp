@@ -4,52 +4,94 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "rome_collapse/model/architecture.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {
 
+namespace {
+
+// A shape from a real model's config.json (named beside each), with the family's defaults.
+ModelConfig shape(Architecture arch, int64_t vocab, int64_t d_model, int64_t layers, int64_t heads, int64_t kv_heads,
+                  int64_t d_ff, int64_t max_positions) {
+  ModelConfig config = default_config(arch);
+  config.vocab_size = vocab, config.d_model = d_model, config.n_layers = layers;
+  config.n_heads = heads, config.n_kv_heads = kv_heads, config.head_dim = d_model / heads;
+  config.d_ff = d_ff, config.max_positions = max_positions;
+  if (architecture_spec(arch).positions == PositionScheme::Rotary) config.rotary_dim = config.head_dim;
+  return config;
+}
+
+}  // namespace
+
+const std::vector<std::string>& model_shape_names() {
+  static const std::vector<std::string> names = {"gpt2-tiny", "gpt2-small", "gpt2-xl",    "gptj-6b",    "llama2-7b",
+                                                 "llama3-8b", "qwen2.5-7b", "mistral-7b", "pythia-6.9b"};
+  return names;
+}
+
 ModelConfig model_shape(const std::string& name, std::optional<int64_t> vocab_size) {
   ModelConfig config;
-  if (name == "gpt2-tiny" || name == "gpt2-small" || name == "gpt2-xl") {
-    config.arch = Architecture::GPT2;
-    config.model_type = "gpt2";
-    config.vocab_size = vocab_size.value_or(50257);
-    if (name == "gpt2-tiny") {
-      config.d_model = 64, config.n_layers = 4, config.n_heads = 4, config.max_positions = 256;
-    } else if (name == "gpt2-small") {
-      config.d_model = 768, config.n_layers = 12, config.n_heads = 12, config.max_positions = 1024;
-    } else {
-      config.d_model = 1600, config.n_layers = 48, config.n_heads = 25, config.max_positions = 1024;
-    }
-    config.d_ff = 4 * config.d_model;
-    config.tie_word_embeddings = true;
-  } else if (name == "gptj-6b") {  // EleutherAI/gpt-j-6b's config.json
-    config.arch = Architecture::GPTJ;
-    config.model_type = "gptj";
-    config.vocab_size = vocab_size.value_or(50400);
-    config.d_model = 4096, config.n_layers = 28, config.n_heads = 16, config.max_positions = 2048;
-    config.d_ff = 4 * config.d_model;
+  if (name == "gpt2-tiny") {
+    config = shape(Architecture::GPT2, 50257, 64, 4, 4, 4, 256, 256);
+  } else if (name == "gpt2-small") {
+    config = shape(Architecture::GPT2, 50257, 768, 12, 12, 12, 3072, 1024);
+  } else if (name == "gpt2-xl") {
+    config = shape(Architecture::GPT2, 50257, 1600, 48, 25, 25, 6400, 1024);
+  } else if (name == "gptj-6b") {  // EleutherAI/gpt-j-6b
+    config = shape(Architecture::GPTJ, 50400, 4096, 28, 16, 16, 16384, 2048);
     config.rotary_dim = 64;
-    config.tie_word_embeddings = false;
-  } else if (name == "llama2-7b") {  // meta-llama/Llama-2-7b-hf's config.json
-    config.arch = Architecture::Llama;
-    config.model_type = "llama";
-    config.vocab_size = vocab_size.value_or(32000);
-    config.d_model = 4096, config.n_layers = 32, config.n_heads = 32, config.max_positions = 4096;
-    config.d_ff = 11008;
+  } else if (name == "llama2-7b") {  // meta-llama/Llama-2-7b-hf
+    config = shape(Architecture::Llama, 32000, 4096, 32, 32, 32, 11008, 4096);
     config.norm_eps = 1e-5;
-    config.tie_word_embeddings = false;
+  } else if (name == "llama3-8b") {  // meta-llama/Meta-Llama-3-8B
+    config = shape(Architecture::Llama, 128256, 4096, 32, 32, 8, 14336, 8192);
+    config.norm_eps = 1e-5, config.rope_theta = 500000.0;
+  } else if (name == "qwen2.5-7b") {  // Qwen/Qwen2.5-7B (use_sliding_window false)
+    config = shape(Architecture::Qwen2, 152064, 3584, 28, 28, 4, 18944, 131072);
+    config.norm_eps = 1e-6, config.rope_theta = 1000000.0;
+  } else if (name == "mistral-7b") {  // mistralai/Mistral-7B-v0.1
+    config = shape(Architecture::Mistral, 32000, 4096, 32, 32, 8, 14336, 32768);
+    config.norm_eps = 1e-5, config.sliding_window = 4096;
+  } else if (name == "pythia-6.9b") {  // EleutherAI/pythia-6.9b (rotary_pct 0.25, parallel residual)
+    config = shape(Architecture::GptNeoX, 50432, 4096, 32, 32, 32, 16384, 2048);
+    config.rotary_dim = config.head_dim / 4;
   } else {
-    throw InputError("unknown model shape \"" + name +
-                     "\" (expected gpt2-tiny, gpt2-small, gpt2-xl, gptj-6b or llama2-7b)");
+    std::string names;
+    for (const auto& known : model_shape_names()) names += (names.empty() ? "" : ", ") + known;
+    throw InputError("unknown model shape \"" + name + "\" (expected one of " + names + ")");
   }
-  config.n_kv_heads = config.n_heads;
-  config.head_dim = config.d_model / config.n_heads;
-  if (config.arch == Architecture::Llama) config.rotary_dim = config.head_dim;
+  if (vocab_size) config.vocab_size = *vocab_size;
   config.bos_token_id = config.eos_token_id = config.vocab_size - 1;
   return config;
 }
+
+namespace {
+
+// transformers' _init_weights: unit norms, zero biases, normal(0, 0.02) matrices; GPT-2 scales
+// its residual projections by 1/sqrt(2 * n_layer).
+at::Tensor initial_tensor(const ArchitectureSpec& spec, const TensorSpec& tensor, const ModelConfig& config,
+                          at::Generator& generator, const at::TensorOptions& options) {
+  using R = TensorRole;
+  const std::vector<int64_t> dims = tensor_shape(tensor, config);
+  switch (tensor.role) {
+    case R::AttnNorm: case R::MlpNorm: case R::FinalNorm:
+      return at::ones(dims, options);
+    case R::AttnNormBias: case R::MlpNormBias: case R::FinalNormBias: case R::LmHeadBias: case R::QueryBias:
+    case R::KeyBias: case R::ValueBias: case R::FusedQKVBias: case R::AttnOutBias: case R::MlpUpBias:
+    case R::MlpGateBias: case R::MlpDownBias:
+      return at::zeros(dims, options);
+    case R::AttnOut: case R::MlpDown:
+      if (spec.scaled_residual_init)
+        return at::normal(0.0, 0.02 / std::sqrt(2.0 * double(config.n_layers)), dims, generator, options);
+      return at::normal(0.0, 0.02, dims, generator, options);
+    default:
+      return at::normal(0.0, 0.02, dims, generator, options);
+  }
+}
+
+}  // namespace
 
 Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed, c10::Device device) {
   // The CPU draws from its own generator (the demo model's weights never change); another device
@@ -67,72 +109,20 @@ Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed, c10::Devi
   checkpoint.config = config;
   checkpoint.source = "random:" + to_string(config.arch) + ":seed" + std::to_string(seed);
   checkpoint.format = "random";
-  auto& t = checkpoint.tensors;
-  auto normal = [&](std::vector<int64_t> shape) { return at::normal(0.0, 0.02, shape, generator, on_device); };
-  // GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) (transformers' _init_weights).
-  const double residual_std = 0.02 / std::sqrt(2.0 * double(config.n_layers));
-  auto residual_normal = [&](std::vector<int64_t> shape) {
-    return at::normal(0.0, residual_std, shape, generator, on_device);
+  // Drawn in the spec's order: global tensors before the layers, layer by layer, then the rest.
+  const ArchitectureSpec& spec = architecture_spec(config.arch);
+  const auto& tensors = spec.tensors;
+  size_t first = 0, last = tensors.size();
+  while (first < tensors.size() && !is_per_layer(tensors[first])) ++first;
+  while (last > first && !is_per_layer(tensors[last - 1])) --last;
+  auto put = [&](const TensorSpec& tensor, int64_t layer) {
+    if (tensor_present(tensor, config))
+      checkpoint.tensors[tensor_name(tensor, layer)] = initial_tensor(spec, tensor, config, generator, on_device);
   };
-  const int64_t d = config.d_model, f = config.d_ff, v = config.vocab_size;
-  const int64_t q = config.n_heads * config.head_dim, kv = config.n_kv_heads * config.head_dim;
-  switch (config.arch) {
-    case Architecture::GPT2:
-      t["transformer.wte.weight"] = normal({v, d});
-      t["transformer.wpe.weight"] = normal({config.max_positions, d});
-      for (int64_t i = 0; i < config.n_layers; ++i) {
-        const std::string p = "transformer.h." + std::to_string(i) + ".";
-        for (const char* norm : {"ln_1", "ln_2"}) {
-          t[p + norm + ".weight"] = at::ones({d}, on_device);
-          t[p + norm + ".bias"] = at::zeros({d}, on_device);
-        }
-        t[p + "attn.c_attn.weight"] = normal({d, 3 * d});  // Conv1D: [in, out]
-        t[p + "attn.c_attn.bias"] = at::zeros({3 * d}, on_device);
-        t[p + "attn.c_proj.weight"] = residual_normal({d, d});
-        t[p + "attn.c_proj.bias"] = at::zeros({d}, on_device);
-        t[p + "mlp.c_fc.weight"] = normal({d, f});
-        t[p + "mlp.c_fc.bias"] = at::zeros({f}, on_device);
-        t[p + "mlp.c_proj.weight"] = residual_normal({f, d});
-        t[p + "mlp.c_proj.bias"] = at::zeros({d}, on_device);
-      }
-      t["transformer.ln_f.weight"] = at::ones({d}, on_device);
-      t["transformer.ln_f.bias"] = at::zeros({d}, on_device);
-      break;
-    case Architecture::GPTJ:
-      t["transformer.wte.weight"] = normal({v, d});
-      for (int64_t i = 0; i < config.n_layers; ++i) {
-        const std::string p = "transformer.h." + std::to_string(i) + ".";
-        t[p + "ln_1.weight"] = at::ones({d}, on_device);
-        t[p + "ln_1.bias"] = at::zeros({d}, on_device);
-        for (const char* proj : {"q_proj", "k_proj", "v_proj", "out_proj"}) t[p + "attn." + proj + ".weight"] = normal({d, d});
-        t[p + "mlp.fc_in.weight"] = normal({f, d});
-        t[p + "mlp.fc_in.bias"] = at::zeros({f}, on_device);
-        t[p + "mlp.fc_out.weight"] = normal({d, f});
-        t[p + "mlp.fc_out.bias"] = at::zeros({d}, on_device);
-      }
-      t["transformer.ln_f.weight"] = at::ones({d}, on_device);
-      t["transformer.ln_f.bias"] = at::zeros({d}, on_device);
-      t["lm_head.weight"] = normal({v, d});
-      t["lm_head.bias"] = at::zeros({v}, on_device);
-      break;
-    case Architecture::Llama:
-      t["model.embed_tokens.weight"] = normal({v, d});
-      for (int64_t i = 0; i < config.n_layers; ++i) {
-        const std::string p = "model.layers." + std::to_string(i) + ".";
-        t[p + "input_layernorm.weight"] = at::ones({d}, on_device);
-        t[p + "post_attention_layernorm.weight"] = at::ones({d}, on_device);
-        t[p + "self_attn.q_proj.weight"] = normal({q, d});
-        t[p + "self_attn.k_proj.weight"] = normal({kv, d});
-        t[p + "self_attn.v_proj.weight"] = normal({kv, d});
-        t[p + "self_attn.o_proj.weight"] = normal({d, q});
-        t[p + "mlp.gate_proj.weight"] = normal({f, d});
-        t[p + "mlp.up_proj.weight"] = normal({f, d});
-        t[p + "mlp.down_proj.weight"] = normal({d, f});
-      }
-      t["model.norm.weight"] = at::ones({d}, on_device);
-      if (!config.tie_word_embeddings) t["lm_head.weight"] = normal({v, d});
-      break;
-  }
+  for (size_t i = 0; i < first; ++i) put(tensors[i], 0);
+  for (int64_t layer = 0; layer < config.n_layers; ++layer)
+    for (size_t i = first; i < last; ++i) put(tensors[i], layer);
+  for (size_t i = last; i < tensors.size(); ++i) put(tensors[i], 0);
   return checkpoint;
 }
 

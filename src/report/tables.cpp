@@ -20,6 +20,16 @@ double mean(const std::vector<double>& v) {
   return sum / double(v.size());
 }
 
+// Half-width of the 95% confidence interval of the mean (Student t, sample standard deviation).
+double ci95(const std::vector<double>& v) {
+  if (v.size() < 2) return NAN;
+  const double m = mean(v);
+  double squares = 0;
+  for (double x : v) squares += (x - m) * (x - m);
+  const double sd = std::sqrt(squares / double(v.size() - 1));
+  return student_t_975(static_cast<int64_t>(v.size()) - 1) * sd / std::sqrt(double(v.size()));
+}
+
 double median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -39,6 +49,39 @@ std::string format(double value, const char* spec) {
   char buffer[64];
   std::snprintf(buffer, sizeof buffer, spec, value);
   return buffer;
+}
+
+// "59.72 ± 3.10" (the ± part left out where the interval is undefined).
+std::string with_ci(double value, double ci, const char* spec) {
+  if (std::isnan(value)) return "–";
+  return std::isnan(ci) ? format(value, spec) : format(value, spec) + " ± " + format(ci, spec);
+}
+
+std::string string_at(const json& object, const char* key) {
+  return object.is_object() && object.contains(key) && object[key].is_string() ? object[key].get<std::string>() : "";
+}
+
+std::optional<int64_t> integer_at(const json& object, const char* key) {
+  if (!object.is_object() || !object.contains(key) || !object[key].is_number_integer()) return std::nullopt;
+  return object[key].get<int64_t>();
+}
+
+RunFacts run_facts(const json& run) {
+  RunFacts facts;
+  const json& provenance = run.contains("provenance") ? run["provenance"] : json();
+  const json& dataset = run["config"].contains("dataset") ? run["config"]["dataset"] : json();
+  facts.model = string_at(provenance, "model");
+  facts.architecture = string_at(provenance, "architecture");
+  if (provenance.is_object() && provenance.contains("hparams")) facts.layer = integer_at(provenance["hparams"], "layer");
+  facts.dataset = string_at(dataset, "path");
+  facts.dataset_format = string_at(dataset, "format");
+  facts.dataset_records = integer_at(dataset, "records");
+  facts.template_source = string_at(run, "template_source");
+  if (run.contains("context_templates") && run["context_templates"].is_array())
+    facts.templates = static_cast<int64_t>(run["context_templates"].size());
+  facts.tool_version = string_at(run, "version");
+  facts.started_utc = string_at(run, "started_utc");
+  return facts;
 }
 
 std::string csv_number(double value) {
@@ -91,7 +134,29 @@ TableSettings table_settings_from_run(const json& run, const std::string& where)
     settings.collapse_ratio = config["collapse_ratio"].get<double>();
   if (run.contains("perplexity_before") && run["perplexity_before"].is_object())
     settings.perplexity_before = run["perplexity_before"]["mean"].get<double>();
+  settings.run = run_facts(run);
   return settings;
+}
+
+double student_t_975(int64_t degrees) {
+  static const double table[] = {12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+                                 2.2010,  2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+                                 2.0796,  2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423};
+  if (degrees < 1) return NAN;
+  if (degrees <= 30) return table[degrees - 1];
+  // Cornish-Fisher expansion around the normal quantile: within 2e-6 of the exact value from 30 on.
+  const double z = 1.959963984540054, v = double(degrees);
+  return z + (z * z * z + z) / (4 * v) + (5 * std::pow(z, 5) + 16 * z * z * z + 3 * z) / (96 * v * v) +
+         (3 * std::pow(z, 7) + 19 * std::pow(z, 5) + 17 * z * z * z - 15 * z) / (384 * v * v * v);
+}
+
+std::string markdown_cell(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
 }
 
 std::vector<TableRow> compute_tables(std::vector<json> results, const TableSettings& settings) {
@@ -131,11 +196,19 @@ std::vector<TableRow> compute_tables(std::vector<json> results, const TableSetti
         denominator.push_back(std::abs(number_at(line, "denominator")));
         update_norm.push_back(number_at(line, "update_norm"));
         subject_first.push_back(line.value("subject_first", false) ? 1.0 : 0.0);
+        if (line.contains("convergence") && line["convergence"].is_object()) {
+          row.not_taken += line["convergence"].value("took", true) ? 0 : 1;
+          row.loss_rose += line["convergence"].value("loss_rose", false) ? 1 : 0;
+        }
       }
       row.efficacy = mean(efficacy);
       row.generalisation = mean(generalisation);
       row.locality = mean(locality);
       row.ppl_mean = mean(ppl);
+      row.efficacy_ci95 = ci95(efficacy);
+      row.generalisation_ci95 = ci95(generalisation);
+      row.locality_ci95 = ci95(locality);
+      row.ppl_mean_ci95 = ci95(ppl);
       row.ppl_median = median(ppl);
       row.abs_denominator_median = median(denominator);
       row.abs_denominator_min = denominator.empty() ? NAN : *std::min_element(denominator.begin(), denominator.end());
@@ -149,39 +222,68 @@ std::vector<TableRow> compute_tables(std::vector<json> results, const TableSetti
 }
 
 std::string tables_markdown(const std::vector<TableRow>& rows, const TableSettings& settings) {
+  const RunFacts& run = settings.run;
   std::string out = "# ROME / C-ROME batch results\n\n";
+  if (!run.model.empty())
+    out += "- Model: `" + run.model + "`" + (run.architecture.empty() ? "" : " (" + run.architecture + ")") + "\n";
+  if (!run.dataset.empty())
+    out += "- Dataset: `" + run.dataset + "` (" + run.dataset_format +
+           (run.dataset_records ? ", " + std::to_string(*run.dataset_records) + " records" : "") + ")\n";
+  if (run.layer) out += "- Edited layer: " + std::to_string(*run.layer) + "\n";
+  if (!run.template_source.empty())
+    out += "- Context templates: " + run.template_source +
+           (run.templates ? " (" + std::to_string(*run.templates) + ", the first \"{}\")" : "") + "\n";
+  if (!run.tool_version.empty()) out += "- Tool: rome-collapse " + run.tool_version + "\n";
+  if (!run.started_utc.empty()) out += "- Run started: " + run.started_utc + "\n";
   if (settings.collapse_cases)
-    out += "Collapse cases: the " + std::to_string(settings.collapse_cases->size()) + " case ids given in the config.\n";
+    out += "- Collapse cases: the " + std::to_string(settings.collapse_cases->size()) + " case ids given in the config\n";
   else
-    out += "Collapse cases: mean perplexity after the edit above " + format(settings.collapse_ratio, "%g") +
-           " × the unedited model's.\n";
+    out += "- Collapse cases: mean perplexity after the edit above " + format(settings.collapse_ratio, "%g") +
+           " × the unedited model's\n";
   if (settings.perplexity_before)
-    out += "Perplexity of the unedited model: " + format(*settings.perplexity_before, "%.4f") + ".\n";
-  out += "Efficacy, Generalisation and Locality are the paper's token accuracies (EasyEdit), in %.\n\n";
-  out += "| method | cases | n | Efficacy | Generalisation | Locality | ppl mean | ppl median | |den| median | "
-         "|den| min | ‖ΔW‖ median | ‖ΔW‖ max | subject first |\n";
-  out += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    out += "- Perplexity of the unedited model: " + format(*settings.perplexity_before, "%.4f") + "\n";
+  out += "\nEfficacy, Generalisation and Locality are the paper's token accuracies (EasyEdit), in percent, as is "
+         "\"subject first\" (tables.csv uses the same units). ± is the half-width of the 95% confidence interval of the "
+         "mean over cases (Student t). \"not taken\": edits that wrote nothing (efficacy 0, the target's NLL not "
+         "lower) or whose v* optimisation diverged; \"loss rose\": edits whose v* loss ended above its initial value.\n\n";
+  const std::vector<std::string> header = {"method", "cases", "n", "Efficacy", "Generalisation", "Locality", "ppl mean",
+                                           "ppl median", "|den| median", "|den| min", "‖ΔW‖ median", "‖ΔW‖ max",
+                                           "subject first", "not taken", "loss rose"};
+  auto table_row = [](const std::vector<std::string>& cells) {
+    std::string line = "|";
+    for (const auto& cell : cells) line += " " + markdown_cell(cell) + " |";
+    return line + "\n";
+  };
+  out += table_row(header);
+  out += "|---|---|";  // method and group left-aligned, numbers right-aligned
+  for (size_t i = 2; i < header.size(); ++i) out += "---:|";
+  out += "\n";
   for (const auto& r : rows) {
-    out += "| " + r.method + " | " + r.group + " | " + std::to_string(r.cases) + " | " + format(100 * r.efficacy, "%.2f") +
-           " | " + format(100 * r.generalisation, "%.2f") + " | " + format(100 * r.locality, "%.2f") + " | " +
-           format(r.ppl_mean, "%.4g") + " | " + format(r.ppl_median, "%.4g") + " | " +
-           format(r.abs_denominator_median, "%.4g") + " | " + format(r.abs_denominator_min, "%.4g") + " | " +
-           format(r.update_norm_median, "%.4g") + " | " + format(r.update_norm_max, "%.4g") + " | " +
-           format(100 * r.subject_first_share, "%.0f%%") + " |\n";
+    out += table_row({r.method, r.group, std::to_string(r.cases), with_ci(100 * r.efficacy, 100 * r.efficacy_ci95, "%.2f"),
+                      with_ci(100 * r.generalisation, 100 * r.generalisation_ci95, "%.2f"),
+                      with_ci(100 * r.locality, 100 * r.locality_ci95, "%.2f"), with_ci(r.ppl_mean, r.ppl_mean_ci95, "%.4g"),
+                      format(r.ppl_median, "%.4g"), format(r.abs_denominator_median, "%.4g"),
+                      format(r.abs_denominator_min, "%.4g"), format(r.update_norm_median, "%.4g"),
+                      format(r.update_norm_max, "%.4g"), format(100 * r.subject_first_share, "%.0f"),
+                      std::to_string(r.not_taken), std::to_string(r.loss_rose)});
   }
   return out;
 }
 
 std::string tables_csv(const std::vector<TableRow>& rows) {
   std::string out =
-      "method,cases,n,efficacy,generalisation,locality,ppl_mean,ppl_median,abs_denominator_median,"
-      "abs_denominator_min,update_norm_median,update_norm_max,subject_first_share\n";
+      "method,cases,n,efficacy_pct,efficacy_pct_ci95,generalisation_pct,generalisation_pct_ci95,locality_pct,"
+      "locality_pct_ci95,ppl_mean,ppl_mean_ci95,ppl_median,abs_denominator_median,abs_denominator_min,"
+      "update_norm_median,update_norm_max,subject_first_pct,not_taken,loss_rose\n";
   for (const auto& r : rows)
-    out += r.method + "," + r.group + "," + std::to_string(r.cases) + "," + csv_number(r.efficacy) + "," +
-           csv_number(r.generalisation) + "," + csv_number(r.locality) + "," + csv_number(r.ppl_mean) + "," +
+    out += r.method + "," + r.group + "," + std::to_string(r.cases) + "," + csv_number(100 * r.efficacy) + "," +
+           csv_number(100 * r.efficacy_ci95) + "," + csv_number(100 * r.generalisation) + "," +
+           csv_number(100 * r.generalisation_ci95) + "," + csv_number(100 * r.locality) + "," +
+           csv_number(100 * r.locality_ci95) + "," + csv_number(r.ppl_mean) + "," + csv_number(r.ppl_mean_ci95) + "," +
            csv_number(r.ppl_median) + "," + csv_number(r.abs_denominator_median) + "," +
            csv_number(r.abs_denominator_min) + "," + csv_number(r.update_norm_median) + "," +
-           csv_number(r.update_norm_max) + "," + csv_number(r.subject_first_share) + "\n";
+           csv_number(r.update_norm_max) + "," + csv_number(100 * r.subject_first_share) + "," +
+           std::to_string(r.not_taken) + "," + std::to_string(r.loss_rose) + "\n";
   return out;
 }
 
@@ -198,12 +300,29 @@ json tables_summary(const std::vector<TableRow>& rows, const TableSettings& sett
                                   {"abs_denominator_min", number_or_null(r.abs_denominator_min)},
                                   {"update_norm_median", number_or_null(r.update_norm_median)},
                                   {"update_norm_max", number_or_null(r.update_norm_max)},
-                                  {"subject_first_share", number_or_null(r.subject_first_share)}};
+                                  {"subject_first_share", number_or_null(r.subject_first_share)},
+                                  {"efficacy_ci95", number_or_null(r.efficacy_ci95)},
+                                  {"generalisation_ci95", number_or_null(r.generalisation_ci95)},
+                                  {"locality_ci95", number_or_null(r.locality_ci95)},
+                                  {"ppl_mean_ci95", number_or_null(r.ppl_mean_ci95)},
+                                  {"not_taken", r.not_taken},
+                                  {"loss_rose", r.loss_rose}};
   json collapse_rule = settings.collapse_cases
                            ? json{{"collapse_cases", std::vector<int64_t>(settings.collapse_cases->begin(),
                                                                           settings.collapse_cases->end())}}
                            : json{{"collapse_ratio", settings.collapse_ratio}};
+  const RunFacts& run = settings.run;
+  json facts = {{"model", run.model},
+                {"architecture", run.architecture},
+                {"dataset", run.dataset},
+                {"dataset_format", run.dataset_format},
+                {"layer", run.layer ? json(*run.layer) : json(nullptr)},
+                {"template_source", run.template_source},
+                {"tool_version", run.tool_version}};
   return {{"result_lines", result_lines},
+          {"run", facts},
+          {"units", "accuracies and subject_first_share as fractions (tables.md and tables.csv: percent); *_ci95: "
+                    "half-width of the mean's 95% confidence interval (Student t)"},
           {"perplexity_before", settings.perplexity_before ? json(*settings.perplexity_before) : json(nullptr)},
           {"collapse_rule", collapse_rule},
           {"method_order", settings.methods},

@@ -23,7 +23,7 @@ nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nloh
 }  // namespace
 
 CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
-                          int64_t position_offset, int64_t max_batch_tokens) {
+                          int64_t position_offset, int64_t max_batch_tokens, ProgressReporter* progress) {
   CapturedKeys captured;
   std::vector<at::Tensor> keys, outputs;
   size_t begin = 0;
@@ -49,6 +49,7 @@ CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& ro
     keys.push_back(chunk_keys);
     outputs.push_back(chunk_outputs);
     ++captured.forward_passes;
+    if (progress) progress->advance(static_cast<int64_t>(end - begin));
     begin = end;
   }
   if (keys.empty()) throw std::logic_error("capture_keys: no rows");
@@ -65,7 +66,8 @@ CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows
 std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenizer& tokenizer, bool add_bos,
                                          const std::vector<EditRequest>& requests,
                                          const std::vector<std::string>& templates, int64_t layer,
-                                         int64_t position_offset, int64_t max_batch_tokens, int64_t* forward_passes) {
+                                         int64_t position_offset, int64_t max_batch_tokens, int64_t* forward_passes,
+                                         ProgressReporter* progress) {
   // Rows exactly as compute_keys builds them, request after request.
   std::vector<KeyRow> rows;
   for (const EditRequest& request : requests)
@@ -74,7 +76,7 @@ std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenize
       rows.push_back({tokenizer.encode(fill_placeholder(with_placeholder, request.subject), add_bos),
                       subject_last_index(tokenizer, add_bos, with_placeholder, request.subject)});
     }
-  CapturedKeys captured = capture_keys(source, rows, layer, position_offset, max_batch_tokens);
+  CapturedKeys captured = capture_keys(source, rows, layer, position_offset, max_batch_tokens, progress);
   if (forward_passes) *forward_passes = captured.forward_passes;
   std::vector<KeySet> sets;
   const int64_t n = static_cast<int64_t>(templates.size());
@@ -201,7 +203,7 @@ void check_subject_boundaries(const LoadedModel& loaded, const RequestSet& reque
 }
 
 CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
-                      const KeyRunContext& context, const CheckThresholds& thresholds) {
+                      const KeyRunContext& context, const CheckThresholds& thresholds, ProgressReporter* progress) {
   check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
   CheckReport report;
@@ -209,7 +211,8 @@ CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const
   report.templates = context.templates;
   std::vector<KeySet> key_sets =
       compute_keys_batched(*make_key_source(loaded), *loaded.tokenizer, loaded.add_bos, requests.requests,
-                           context.templates, config.hparams.layer, 0, 8192, &report.forward_passes);
+                           context.templates, config.hparams.layer, 0, 8192, &report.forward_passes, progress);
+  if (progress) progress->finish();
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   for (size_t i = 0; i < requests.requests.size(); ++i) {
     const at::Tensor k_bar = key_sets[i].prefixed_key_mean.to(at::kCPU).to(at::kDouble);
@@ -261,8 +264,10 @@ nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, con
   out["summary"] = {{"requests", report.requests.size()},
                     {"failed", report.failed_count()},
                     {"subject_first", {{"requests", first_n}, {"failed", first_failed}}},
-                    {"subject_later", {{"requests", later_n}, {"failed", later_failed}}}};
+                    {"subject_later", {{"requests", later_n}, {"failed", later_failed}}},
+                    {"skipped", requests.skipped.size()}};
   out["requests"] = rows;
+  out["skipped_records"] = requests.skipped;  // records of the request file that cannot be edited
   out["context_templates"] = report.templates;
   out["timings_s"] = {{"keys_and_denominators", report.key_seconds}, {"forward_passes", report.forward_passes}};
   out["provenance"] = base_provenance(loaded, config);

@@ -5,6 +5,7 @@
 #include "rome_collapse/eval/edit_metrics.h"
 #include "rome_collapse/eval/text_file.h"
 #include "rome_collapse/model/device_memory.h"
+#include "rome_collapse/rome/convergence.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
@@ -167,6 +168,13 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
 
   // Metrics with ΔW applied; W is restored afterwards (bit for bit: the original tensor is put back).
   begin_phase();
+  const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
+  std::string efficacy_prompt = bare_prompt;
+  if (method == EditMethod::CRomePrefix)
+    efficacy_prompt = fill_placeholder(test_time_prefix(context.templates, config.prefix_index), bare_prompt);
+  std::optional<double> target_nll_before, target_nll_after, efficacy;  // for the convergence verdict
+  if (options.evaluate)
+    target_nll_before = -score_target(model, tokenizer, loaded.add_bos, efficacy_prompt, request.target_new).mean_logprob;
   loaded.model->set_rewrite_weight(hp.layer, original_weight + delta_weight);
   try {
     if (options.evaluate) {
@@ -180,18 +188,17 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
         result["perplexity_after"] = nullptr;
         result["collapse"] = nullptr;
       }
-      const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
-      std::string efficacy_prompt = bare_prompt;
-      if (method == EditMethod::CRomePrefix)
-        efficacy_prompt = fill_placeholder(test_time_prefix(context.templates, config.prefix_index), bare_prompt);
       TargetScore new_score = score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_new);
       result["logprob_target_new_after"] = new_score.mean_logprob;
       result["logprob_target_true_after"] =
           request.target_true.empty()
               ? nlohmann::json(nullptr)
               : nlohmann::json(score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_true).mean_logprob);
-      result["efficacy"] = score_target(model, tokenizer, loaded.add_bos, efficacy_prompt, request.target_new).token_accuracy;
+      const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, efficacy_prompt, request.target_new);
+      result["efficacy"] = efficacy_score.token_accuracy;
       result["efficacy_prompt"] = efficacy_prompt;
+      efficacy = efficacy_score.token_accuracy;
+      target_nll_after = -efficacy_score.mean_logprob;
     }
   } catch (...) {
     loaded.model->set_rewrite_weight(hp.layer, original_weight);
@@ -199,6 +206,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   }
   if (!options.keep_update) loaded.model->set_rewrite_weight(hp.layer, original_weight);
   end_phase("evaluation");
+  result["convergence"] = to_json(assess_convergence(outcome.value, efficacy, target_nll_before, target_nll_after));
 
   result["context_templates"] = context.templates;
   if (config.record_timings) {

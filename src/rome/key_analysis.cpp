@@ -12,6 +12,7 @@
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc {
 namespace {
@@ -126,9 +127,11 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
   analysis.templates = context.templates;
   analysis.prefix_tokens = options.prefix_tokens;
   int64_t passes = 0;
+  ProgressReporter* progress = options.progress;
+  if (progress) progress->set_total(static_cast<int64_t>(requests.requests.size() * context.templates.size()));
   std::vector<KeySet> key_sets = compute_keys_batched(*source, tokenizer, loaded.add_bos, requests.requests,
                                                       context.templates, layer, 0,
-                                                      options.max_batch_tokens, &passes);
+                                                      options.max_batch_tokens, &passes, progress);
   analysis.forward_passes += passes;
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
   std::vector<size_t> first_indices;  // subject-first requests
@@ -178,6 +181,19 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
                               subject_last_index(tokenizer, loaded.add_bos, with_placeholder, request.subject)});
     }
   }
+  if (progress) {  // the experiment's prompts: token identity, then per k the shifted and prefixed rows
+    int64_t more = 0;
+    for (size_t q = 0; q < first_requests.size(); ++q) more += templated[q].empty() ? 0 : 1;
+    for (int64_t k : options.prefix_tokens) {
+      more += static_cast<int64_t>(first_requests.size());
+      for (size_t q = 0; q < first_requests.size(); ++q) {
+        for (size_t t = 1; t < prefix_ids.size(); ++t) more += static_cast<int64_t>(prefix_ids[t].size()) >= k ? 1 : 0;
+        for (const Templated& row : templated[q])
+          more += static_cast<int64_t>(prefix_ids[row.template_index].size()) >= k ? 1 : 0;
+      }
+    }
+    progress->set_total(progress->total() + more);
+  }
   // Keeps the last k of a templated row's P prefix tokens (BOS stays).
   auto cut_templated = [&](size_t q, const Templated& row, int64_t k) {
     const int64_t b = bos_count[q], p = static_cast<int64_t>(prefix_ids[row.template_index].size());
@@ -211,7 +227,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
         owner.push_back(q);
       }
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens);
+      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
       analysis.forward_passes += captured.forward_passes;
       for (size_t row = 0; row < rows.size(); ++row) {
         RequestKeys& r = analysis.requests[first_indices[owner[row]]];
@@ -225,7 +241,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     const int64_t k = options.prefix_tokens[p];
     // Position only: the bare prompt, position ids shifted by k.
     std::vector<KeySet> shifted = compute_keys_batched(*source, tokenizer, loaded.add_bos, first_requests, {"{}"}, layer, k,
-                                                       options.max_batch_tokens, &passes);
+                                                       options.max_batch_tokens, &passes, progress);
     analysis.forward_passes += passes;
     // Position and context: the real_prefix (arm 0) and template_prefix (arm 1) rows.
     struct Owner {
@@ -257,7 +273,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     }
     at::Tensor prefix_keys;
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens);
+      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
       analysis.forward_passes += captured.forward_passes;
       prefix_keys = cpu_double(captured.keys);
     }
@@ -291,6 +307,7 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     }
   }
 
+  if (progress) progress->finish();
   // PCA of the prefixed clouds of every request (T[1..]; every template if there is only one).
   std::vector<at::Tensor> cloud;
   for (const RequestKeys& r : analysis.requests) {
@@ -419,7 +436,9 @@ nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, c
   out["layer"] = config.hparams.layer;
   out["prefix_tokens"] = analysis.prefix_tokens;
   out["requests"] = rows;
-  out["summary"] = {{"subject_first", group_json(first, true)}, {"subject_later", group_json(later, false)}};
+  out["summary"] = {{"subject_first", group_json(first, true)}, {"subject_later", group_json(later, false)},
+                    {"skipped", requests.skipped.size()}};
+  out["skipped_records"] = requests.skipped;
   if (has_pca)
     out["pca"] = {{"fit_on", "prefixed keys (templates 1..) of every request"},
                   {"method", "Eigen SelfAdjointEigenSolver on the covariance"},

@@ -13,17 +13,17 @@ std::string fill_placeholder(const std::string& text, const std::string& value) 
 }
 
 EditRequest normalize_request(EditRequest request, const std::string& where) {
-  if (request.subject.empty()) throw InputError(where + ".subject: empty subject");
-  if (request.target_new.empty()) throw InputError(where + ".target_new: empty target");
+  if (request.subject.empty()) throw UnusableRequest(where + ".subject: empty subject");
+  if (request.target_new.empty()) throw UnusableRequest(where + ".target_new: empty target");
   const size_t placeholder = request.prompt.find("{}");
   if (placeholder == std::string::npos) {
     const size_t at = request.prompt.find(request.subject);
     if (at == std::string::npos)
-      throw InputError(where + ".prompt: the subject \"" + request.subject + "\" is not in the prompt \"" +
+      throw UnusableRequest(where + ".prompt: the subject \"" + request.subject + "\" is not in the prompt \"" +
                        request.prompt + "\" (and the prompt has no \"{}\")");
     request.prompt = request.prompt.substr(0, at) + "{}" + request.prompt.substr(at + request.subject.size());
   } else if (request.prompt.find("{}", placeholder + 2) != std::string::npos) {
-    throw InputError(where + ".prompt: more than one \"{}\" in \"" + request.prompt + "\"");
+    throw UnusableRequest(where + ".prompt: more than one \"{}\" in \"" + request.prompt + "\"");
   }
   return request;
 }

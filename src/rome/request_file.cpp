@@ -82,6 +82,7 @@ EditRequest parse_request_record(const nlohmann::json& record, const std::string
     return parse_request(record, where);  // strict: a misspelt field is an error
   }
   Dataset one = parse_dataset(nlohmann::json::array({record}), where);
+  if (!one.records.at(0).invalid.empty()) throw UnusableRequest(one.records[0].invalid);
   if (format) *format = from_dataset_format(one.format);
   return one.records.at(0).request;
 }
@@ -96,15 +97,26 @@ RequestSet read_request_file(const std::filesystem::path& path) {
     Dataset dataset = parse_dataset(nlohmann::json(records), set.source);
     set.format = from_dataset_format(dataset.format);
     for (const EditRecord& record : dataset.records) {
+      if (!record.invalid.empty()) {
+        set.skipped.push_back(record.invalid);
+        continue;
+      }
       set.requests.push_back(record.request);
       set.ids.push_back(record.case_id);
     }
-    return set;
+  } else {
+    for (size_t i = 0; i < records.size(); ++i) {
+      try {
+        set.requests.push_back(parse_request(records[i], set.source + ": record " + std::to_string(i)));
+        set.ids.push_back(record_id(records[i], i));
+      } catch (const UnusableRequest& e) {
+        set.skipped.push_back(e.what());
+      }
+    }
   }
-  for (size_t i = 0; i < records.size(); ++i) {
-    set.requests.push_back(parse_request(records[i], set.source + ": [" + std::to_string(i) + "]"));
-    set.ids.push_back(record_id(records[i], i));
-  }
+  if (set.requests.empty())
+    fail_input(set.source, "no usable request (" + std::to_string(set.skipped.size()) + " skipped: " +
+                               set.skipped.front() + (set.skipped.size() > 1 ? ", ..." : "") + ")");
   return set;
 }
 

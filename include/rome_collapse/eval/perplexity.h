@@ -12,6 +12,8 @@
 
 namespace rc {
 
+class ProgressReporter;
+
 struct PerplexitySummary {
   double mean = 0, median = 0, mean_log = 0;
   std::vector<double> per_text;
@@ -22,7 +24,7 @@ std::vector<std::vector<int64_t>> perplexity_token_ids(const Tokenizer& tokenize
                                                        int64_t max_positions);
 
 PerplexitySummary perplexity(const CausalLM& model, const std::vector<std::vector<int64_t>>& token_ids,
-                             int64_t batch_size = 10);
+                             int64_t batch_size = 10, ProgressReporter* progress = nullptr);
 
 PerplexitySummary summarize_perplexities(std::vector<double> per_text);
 nlohmann::json to_json(const PerplexitySummary& summary, bool include_per_text);

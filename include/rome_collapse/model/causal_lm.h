@@ -1,5 +1,5 @@
 #pragma once
-// One causal-LM interface with GPT-2, GPT-J and Llama behind it.
+// One causal-LM interface with every decoder family of architecture.h behind it.
 //
 // Legend: B = batch rows, T = sequence length (right-padded), D = d_model, F = MLP inner size
 // (the rewrite module's input), V = vocabulary, N = number of (row, position) pairs.
@@ -9,8 +9,8 @@
 //  - add a vector delta to the MLP output of a layer at chosen (row, position) pairs,
 //    differentiably with respect to delta,
 //  - stop early, start late (from cached hidden states), or compute logits only where needed.
-// The rewrite module is the MLP's output projection (GPT-2 mlp.c_proj, GPT-J mlp.fc_out, Llama
-// mlp.down_proj); its weight is held as [D, F] (out, in) for every architecture — GPT-2's Conv1D
+// The rewrite module is the MLP's output projection (GPT-2 mlp.c_proj, GPT-J mlp.fc_out, Llama /
+// Qwen2 / Mistral mlp.down_proj, GPT-NeoX mlp.dense_4h_to_h, OPT fc2); its weight is held as [D, F] (out, in) for every architecture — GPT-2's Conv1D
 // orientation is undone at load time and restored when saving.
 #include <cstdint>
 #include <filesystem>
@@ -167,8 +167,11 @@ std::unique_ptr<CausalLM> build_causal_lm(Checkpoint checkpoint, const LoadOptio
 // demo model and the benchmark models in the shapes of the paper's models.
 Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed, c10::Device device = c10::Device(c10::kCPU));
 // Shapes by name: "gpt2-tiny" (4 layers, d 64), "gpt2-small" (12, 768), "gpt2-xl" (48, 1600),
-// "gptj-6b" (28, 4096), "llama2-7b" (32, 4096); vocab_size defaults to the real model's.
+// "gptj-6b" (28, 4096), "llama2-7b" (32, 4096), "llama3-8b" (32, 4096, GQA 8), "qwen2.5-7b"
+// (28, 3584, GQA 4), "mistral-7b" (32, 4096, GQA 8, window 4096), "pythia-6.9b" (32, 4096);
+// vocab_size defaults to the real model's.
 ModelConfig model_shape(const std::string& name, std::optional<int64_t> vocab_size = std::nullopt);
+const std::vector<std::string>& model_shape_names();
 
 // Waits for the work queued on `device` (a no-op on the CPU): timings of CUDA work must not stop
 // the clock before the kernels have run.

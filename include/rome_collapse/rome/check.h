@@ -22,6 +22,7 @@
 #include "rome_collapse/rome/keys.h"
 #include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/rome/request_file.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc {
 
@@ -42,8 +43,10 @@ struct CapturedKeys {
   int64_t forward_passes = 0;
 };
 // Rows are token ids of texts; the source turns them into model inputs (T5 appends "</s>").
+// `progress` (optional) advances by the rows of each pass.
 CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
-                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
+                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192,
+                          ProgressReporter* progress = nullptr);
 CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
                           int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
 
@@ -52,7 +55,7 @@ std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenize
                                          const std::vector<EditRequest>& requests,
                                          const std::vector<std::string>& templates, int64_t layer,
                                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192,
-                                         int64_t* forward_passes = nullptr);
+                                         int64_t* forward_passes = nullptr, ProgressReporter* progress = nullptr);
 std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer& tokenizer, bool add_bos,
                                          const std::vector<EditRequest>& requests,
                                          const std::vector<std::string>& templates, int64_t layer, int64_t pad_id,
@@ -130,8 +133,10 @@ struct CheckReport {
 // The verdict for one request's denominators.
 void apply_thresholds(RequestCheck& check, const CheckThresholds& thresholds);
 
+// `progress` (optional) counts prompts (requests × templates).
 CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
-                      const KeyRunContext& context, const CheckThresholds& thresholds);
+                      const KeyRunContext& context, const CheckThresholds& thresholds,
+                      ProgressReporter* progress = nullptr);
 
 // JSON with every request's numbers and verdict, the thresholds, a summary and provenance.
 nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, const EditConfig& config,

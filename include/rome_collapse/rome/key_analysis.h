@@ -35,9 +35,12 @@
 
 namespace rc {
 
+class ProgressReporter;
+
 struct KeyAnalysisOptions {
   std::vector<int64_t> prefix_tokens = {1, 2, 4, 8};  // k values of the position experiment
   int64_t max_batch_tokens = 8192;
+  ProgressReporter* progress = nullptr;  // counts prompts through the model (the total is set here)
 };
 
 // kᵘ against the prefixed cloud.

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "rome_collapse/util/error.h"
+
 namespace rc {
 
 struct EditRequest {
@@ -13,8 +15,15 @@ struct EditRequest {
   std::string target_true;  // may be empty (no true-target metrics then)
 };
 
+// A well-formed request that cannot be edited (empty subject or target, the subject not in the
+// prompt): a record a request file may skip, unlike a malformed one.
+struct UnusableRequest : InputError {
+  using InputError::InputError;
+};
+
 // Validates and normalises: a prompt without "{}" that contains the subject literally gets its
 // first occurrence replaced by "{}". `where` names the source for errors ("config.json: request").
+// UnusableRequest for what the request says, InputError for how it is written.
 EditRequest normalize_request(EditRequest request, const std::string& where);
 
 // Parses {"prompt", "subject", "target_new", "target_true"}; target_* may be strings or

@@ -26,10 +26,13 @@ struct RequestSet {
   std::vector<nlohmann::json> ids;  // case_id where the record has one, else the record's index
   std::string source;               // file (or config) read from
   RequestFormat format = RequestFormat::Plain;
+  std::vector<std::string> skipped;  // why each skipped record was skipped (names file and record)
 };
 
 // Reads a request file; InputError naming the file and the record index for anything malformed
-// (not JSON, an empty list, a record of no known layout, a prompt without its subject).
+// (not JSON, an empty list, a record of no known layout, a misspelt field). A well-formed record
+// that cannot be edited (empty target, the subject not in the prompt) is skipped and listed in
+// `skipped`; a file with no usable record is an InputError.
 RequestSet read_request_file(const std::filesystem::path& path);
 
 // One record in any of the layouts above; `where` names it in errors.
