@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages rome-collapse builds and tests with (skips apt when all are present).
 set -euo pipefail
 packages=(build-essential cmake pkg-config ccache
-          libtorch-dev libopenblas0-openmp libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev
+          libtorch-dev libopenblas0-openmp libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libyaml-cpp-dev
           libgtest-dev libsentencepiece-dev libpcre2-dev libicu-dev libzip-dev libssl-dev
           python3 python3-numpy python3-matplotlib
           clang libclang-rt-14-dev)  # clang + libFuzzer: scripts/ci-fuzz.sh

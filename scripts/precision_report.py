@@ -40,7 +40,7 @@ def run_case(scratch, dtype, arch, index, case):
                           capture_output=True, text=True, env=dict(os.environ, ROME_THREADS="1") if args.jobs > 1 else None)
     if done.returncode != 0:
         return (dtype, arch, index, case["mode"], None, None, None, (done.stderr.strip().splitlines() or ["?"])[-1])
-    result = json.load(open(stem + ".result.json"))
+    result = json.load(open(stem + ".result.json"))["results"][0]  # schema_version 2: always {"results": [...]}
     rel = lambda a, b: abs(a - b) / abs(b)
     return (dtype, arch, index, case["mode"], rel(result["denominator"], case["denominator"]),
             rel(result["update_norm"], case["update_norm"]), rel(result["perplexity_after"]["mean"], case["ppl_after"]), "")

@@ -5,6 +5,7 @@
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/convergence.h"
+#include "rome_collapse/rome/edit.h"
 #include "rome_collapse/util/files.h"
 #include "support/golden.h"
 
@@ -72,7 +73,7 @@ TEST(EditCommand, NonTakingEditIsFlagged) {
   auto dir = write_config("not-taking", config);
   auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "result.json"));
   ASSERT_EQ(result.exit_code, 0) << result.err;  // a failed edit is a result, flagged, not an error
-  const auto json = nlohmann::json::parse(read_file(dir / "result.json"));
+  const auto json = nlohmann::json::parse(read_file(dir / "result.json"))["results"][0];  // schema_version 2
   const auto& convergence = json["convergence"];
   EXPECT_EQ(json["efficacy"], 0.0);
   EXPECT_FALSE(convergence["took"].get<bool>()) << convergence.dump();
@@ -139,7 +140,10 @@ TEST(EditCommand, SameConfigTwiceIsByteIdentical) {
   ASSERT_EQ(first.exit_code, 0) << first.err;
   ASSERT_EQ(second.exit_code, 0) << second.err;
   EXPECT_EQ(read_file(dir / "a.json"), read_file(dir / "b.json"));
-  auto json = nlohmann::json::parse(read_file(dir / "a.json"));
+  const auto document = nlohmann::json::parse(read_file(dir / "a.json"));
+  EXPECT_EQ(document["schema_version"], kResultSchemaVersion);
+  ASSERT_EQ(document["results"].size(), 1u);  // one shape for one edit or many
+  const auto& json = document["results"][0];
   EXPECT_EQ(json["context_templates"].size(), 11u);  // "{}" + 5 + 5 generated
   EXPECT_FALSE(json.contains("timings_s"));
   EXPECT_FALSE(json.contains("peak_memory_mib"));
@@ -161,7 +165,7 @@ TEST(EditCommand, SavesDeltaAndEditedModel) {
   auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "r.json") +
                               " --save-delta " + quoted(dir / "delta.safetensors") + " --save-model " + quoted(dir / "edited"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  auto json = nlohmann::json::parse(read_file(dir / "r.json"));
+  auto json = nlohmann::json::parse(read_file(dir / "r.json"))["results"][0];
   auto delta = SafetensorsFile::open(dir / "delta.safetensors");
   at::Tensor u = delta.tensor("left_vector", at::kFloat), v = delta.tensor("right_vector", at::kFloat);
   EXPECT_TRUE(test::all_close_abs(u, test::json_to_tensor(json["vectors"]["left_vector"]), 1e-7, "u"));
@@ -221,7 +225,7 @@ TEST(EditCommand, PromptWithoutPlaceholderIsAccepted) {
   auto dir = write_config("no-placeholder", config);
   auto result = test::run_cli("edit --config " + quoted(dir / "config.json") + " --out " + quoted(dir / "r.json"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "r.json"))["request"]["prompt"], "{} is a citizen of");
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir / "r.json"))["results"][0]["request"]["prompt"], "{} is a citizen of");
 }
 
 }  // namespace

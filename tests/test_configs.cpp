@@ -56,7 +56,7 @@ TEST(ShippedConfigs, NewFamiliesHyperParameters) {
 }
 
 TEST(ShippedConfigs, DemoParsesWithRequestsAndMethods) {
-  EditConfig config = read_edit_config(config_path("demo.json"), {"methods", "requests"});
+  EditConfig config = read_edit_config(config_path("demo.json"));
   EXPECT_EQ(config.model, "builtin:demo-gpt2");
   EXPECT_EQ(config.raw["requests"].size(), 2u);
   EXPECT_EQ(config.templates.fixed.size(), 21u);

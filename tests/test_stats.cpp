@@ -79,7 +79,7 @@ TEST(Stats, TinyGpt2MatchesAnIndependentComputation) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("stats-independent");
   const int64_t layer = 2, samples = 64;
-  const auto run = test::run_cli(tiny_gpt2_stats_args(layer, samples, 8) + " --dtype float64 --out " +
+  const auto run = test::run_cli(tiny_gpt2_stats_args(layer, samples, 8) + " --storage-dtype float64 --out " +
                                  shell_quoted((dir / "c.npz").string()));
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_FALSE(fs::exists(checkpoint_path_for(dir / "c.npz"))) << "partial file left after success";
@@ -171,7 +171,7 @@ TEST(Stats, SimulatedInterruptionsResumeToIdenticalBytes) {
   // float64 output too (the stored dtype is not part of the run's identity).
   run = test::run_cli(args + " --stop-after-texts 20 --out " + shell_quoted(resumed.string()));
   ASSERT_EQ(run.exit_code, 130) << run.err;
-  run = test::run_cli(args + " --dtype float64 --out " + shell_quoted(resumed.string()));
+  run = test::run_cli(args + " --storage-dtype float64 --out " + shell_quoted(resumed.string()));
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_TRUE(at::equal(read_second_moment_npz(resumed).mom2.to(at::kFloat), read_second_moment_npz(full).mom2.to(at::kFloat)));
 }

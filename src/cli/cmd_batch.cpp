@@ -22,6 +22,7 @@
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/report/tables.h"
 #include "rome_collapse/rome/edit.h"
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
@@ -35,8 +36,6 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 constexpr int kRunSchemaVersion = 1;
-const std::vector<std::string> kBatchKeys = {"dataset",   "methods",    "cases",     "collapse_cases",
-                                             "sequential", "evaluation", "perplexity_selection"};
 
 struct Shard {
   int64_t index = 0, count = 1;
@@ -140,6 +139,12 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
       s.evaluation.max_length = item.value().get<int64_t>();
     }
   }
+  if (config.evaluation_max_length) {
+    if (raw.contains("evaluation") && raw["evaluation"].contains("max_length") &&
+        raw["evaluation"]["max_length"] != *config.evaluation_max_length)
+      throw InputError(source + ": hparams.max_length and evaluation.max_length differ");
+    s.evaluation.max_length = *config.evaluation_max_length;
+  }
   if (raw.contains("perplexity_selection")) {
     if (config.perplexity_texts.empty())
       throw InputError(source + ": perplexity_selection needs \"perplexity\": {\"texts\": FILE}");
@@ -148,24 +153,9 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
   return s;
 }
 
-// Reads the config; EasyEdit keeps max_length among the hyper-parameters, so it is moved to
-// "evaluation" (where it belongs here) before the edit config's strict parsing.
-EditConfig read_batch_config(const fs::path& path) {
-  const std::string text = read_file(path);
-  json raw = parse_json(text, path.string(), "malformed JSON");
-  if (raw.is_object() && raw.contains("hparams") && raw["hparams"].is_object() && raw["hparams"].contains("max_length")) {
-    json& evaluation = raw["evaluation"];
-    if (evaluation.is_null()) evaluation = json::object();
-    if (evaluation.is_object() && evaluation.contains("max_length") && evaluation["max_length"] != raw["hparams"]["max_length"])
-      throw InputError(path.string() + ": hparams.max_length and evaluation.max_length differ");
-    if (evaluation.is_object()) evaluation["max_length"] = raw["hparams"]["max_length"];
-    raw["hparams"].erase("max_length");
-  }
-  const fs::path base = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-  EditConfig config = parse_edit_config(raw, path.string(), base, kBatchKeys);
-  config.config_sha256 = sha256_hex(text);
-  return config;
-}
+// Reads the config (the schema every command shares; EasyEdit's hparams.max_length arrives as
+// config.evaluation_max_length and is checked against "evaluation" by parse_batch_settings).
+EditConfig read_batch_config(const fs::path& path) { return parse_edit_config(read_config_document(path)); }
 
 std::vector<const EditRecord*> select_records(const Dataset& dataset, const json& cases, const Shard& shard,
                                               const std::string& source) {
@@ -325,7 +315,8 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
             {"add_bos", loaded.add_bos},
             {"device", run.config.device},
             {"dtype", run.config.dtype},
-            {"hparams", fields_to_json(run.config.hparams)}}}};
+            {"hparams", fields_to_json(run.config.hparams)},
+            {"hparams_source", run.config.hparams_source}}}};
 }
 
 // The (position/method) pairs results.jsonl already holds; a line of another selection, a pair
@@ -414,11 +405,22 @@ int run_batch(const BatchArgs& args) {
     run.config.templates.fixed = (*previous)["context_templates"].get<std::vector<std::string>>();
   }
 
-  LoadedModel loaded = load_model(run.config.model, run.config.tokenizer, run.config.add_bos, run.config.device,
-                                  run.config.dtype);
+  LoadedModel loaded = load_config_model(run.config);
+  fit_to_model(run.config, loaded);
   check_edit_inputs(loaded, run.config);
   const json inputs = run_inputs(run, loaded);
   if (previous) check_same_inputs(*previous, inputs, run_path);
+  // A subject that ends inside a word is skipped with its tokens shown, not edited.
+  std::vector<const EditRecord*> kept;
+  for (const EditRecord* record : run.records) {
+    const SubjectBoundaryCheck check =
+        subject_boundary(*loaded.tokenizer, loaded.add_bos, record->request.prompt, record->request.subject,
+                         run.dataset.source + ": case " + std::to_string(record->case_id));
+    if (check.kind == SubjectBoundary::InsideWord) std::cerr << "batch: skipping " << check.message << "\n";
+    else kept.push_back(record);
+    if (check.kind == SubjectBoundary::MergedWithPunctuation) std::cerr << "batch: warning: " << check.message << "\n";
+  }
+  run.records = std::move(kept);
   EditConfig context_config = run.config;
   if (run.settings.perplexity_selection) context_config.perplexity_texts.clear();
   EditContext context = prepare_edit_context(loaded, context_config);

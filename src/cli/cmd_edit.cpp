@@ -1,4 +1,5 @@
 // `rome-collapse edit`: one edit, or the requests x methods of a small comparison (the demo).
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -8,6 +9,8 @@
 #include "commands.h"
 #include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/edit.h"
+#include "rome_collapse/rome/subject_boundary.h"
+#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 
@@ -38,23 +41,103 @@ void print_comparison(std::ostream& out, const std::vector<nlohmann::json>& resu
   }
 }
 
+
+// The config file (or an empty one) with the command line's settings written over it.
+ConfigDocument edit_document(const EditArgs& args) {
+  ConfigDocument doc = args.config.empty() ? ConfigDocument{} : read_config_document(args.config);
+  nlohmann::json& json = doc.json;
+  if (!json.is_object()) throw InputError(doc.source + ": expected an object of config fields");
+  // Paths on the command line are relative to the working directory, not to the config.
+  auto flag_path = [](const std::string& value) {
+    std::error_code error;
+    return std::filesystem::exists(value, error) ? std::filesystem::absolute(value).lexically_normal().string() : value;
+  };
+  if (!args.model.empty()) json["model"] = flag_path(args.model);
+  if (!args.tokenizer.empty()) json["tokenizer"] = flag_path(args.tokenizer);
+  if (args.add_bos) json["add_bos"] = *args.add_bos;
+  if (!args.device.empty()) json["device"] = args.device;
+  if (!args.dtype.empty()) json["dtype"] = args.dtype;
+  if (!args.hparams.empty()) json["hparams"] = std::filesystem::absolute(args.hparams).lexically_normal().string();
+  std::vector<std::string> methods;
+  for (const std::string& item : args.methods)
+    for (size_t start = 0; start <= item.size();) {
+      const size_t comma = std::min(item.find(',', start), item.size());
+      if (comma > start) methods.push_back(item.substr(start, comma - start));
+      start = comma + 1;
+    }
+  if (methods.size() == 1) {
+    json["method"] = methods[0];
+    json.erase("methods");
+  } else if (methods.size() > 1) {
+    json["methods"] = methods;
+    json.erase("method");
+  }
+  const bool inline_request = !args.prompt.empty() || !args.subject.empty() || !args.target_new.empty() ||
+                              !args.target_true.empty();
+  if (inline_request) {
+    if (args.prompt.empty() || args.subject.empty() || args.target_new.empty())
+      throw InputError("an inline request needs --prompt, --subject and --target-new (--target-true is optional)");
+    if (!args.case_ids.empty()) throw InputError("give either an inline request or --case-id, not both");
+    json["request"] = {{"prompt", args.prompt}, {"subject", args.subject}, {"target_new", args.target_new}};
+    if (!args.target_true.empty()) json["request"]["target_true"] = args.target_true;
+    json.erase("requests");
+  }
+  return doc;
+}
+
+// --case-id N picks records of --dataset FILE (else of the config's "dataset"); without it the
+// config's "request"/"requests" (already set from inline flags by edit_document).
+std::vector<EditRequest> edit_requests(const EditArgs& args, const ConfigDocument& doc, const EditConfig& config) {
+  const nlohmann::json& json = doc.json;
+  if (!args.dataset.empty() && args.case_ids.empty())
+    throw InputError("--dataset " + args.dataset + ": give --case-id N (repeatable) to pick its records");
+  if (!args.case_ids.empty()) {
+    std::filesystem::path file = args.dataset;
+    if (file.empty()) {
+      const nlohmann::json& dataset = json.value("dataset", nlohmann::json());
+      if (dataset.is_string()) file = doc.base_dir / dataset.get<std::string>();
+      else if (dataset.is_object() && dataset.contains("path") && dataset["path"].is_string())
+        file = doc.base_dir / dataset["path"].get<std::string>();
+      else
+        throw InputError("--case-id needs --dataset FILE (or \"dataset\" in the config)");
+    }
+    const RequestSet set = read_request_file(file);
+    std::vector<EditRequest> chosen;
+    for (int64_t id : args.case_ids) {
+      const auto at = std::find(set.ids.begin(), set.ids.end(), nlohmann::json(id));
+      if (at == set.ids.end())
+        throw InputError(set.source + ": no record with case id " + std::to_string(id) + " (" +
+                         std::to_string(set.ids.size()) + " records, " + to_string(set.format) +
+                         " layout; records without case_id are numbered from 0)");
+      chosen.push_back(set.requests[static_cast<size_t>(at - set.ids.begin())]);
+    }
+    return chosen;
+  }
+  if (json.contains("request") || json.contains("requests")) return requests_from_config_json(json, config.source).requests;
+  throw InputError(config.source + ": no request: give --prompt/--subject/--target-new, --dataset FILE --case-id N, "
+                   "or \"request\" / \"requests\" in the config");
+}
+
+// Imported hparams fields that were accepted but do not change the edit, said once on stderr.
+void note_unused_hparams(const EditConfig& config) {
+  if (!config.hparams_source.is_object() || config.hparams_source["unused"].empty()) return;
+  std::cerr << "note: hparams fields accepted but not used:";
+  for (const auto& item : config.hparams_source["unused"].items())
+    std::cerr << " " << item.key() << " (" << item.value().get<std::string>() << ");";
+  std::cerr << "\n";
+}
+
 }  // namespace
 
 int run_edit_command(const EditArgs& args) {
-  EditConfig config = read_edit_config(args.config, {"methods", "requests"});
-  const nlohmann::json& raw = config.raw;
-  std::vector<EditRequest> requests;
-  if (raw.contains("requests")) {
-    if (raw.contains("request")) throw InputError(config.source + ": give either \"request\" or \"requests\"");
-    if (!raw["requests"].is_array() || raw["requests"].empty())
-      throw InputError(config.source + ": requests: expected a non-empty list");
-    for (size_t i = 0; i < raw["requests"].size(); ++i)
-      requests.push_back(parse_request(raw["requests"][i], config.source + ": requests[" + std::to_string(i) + "]"));
-  } else {
-    requests.push_back(config.request);
-  }
+  const ConfigDocument document = edit_document(args);
+  ConfigOverrides overrides;
+  if (args.layer >= 0) overrides.layer = args.layer;
+  EditConfig config = parse_edit_config(document, overrides);
+  const std::vector<EditRequest> requests = edit_requests(args, document, config);
   std::vector<EditMethod> methods;
-  if (raw.contains("methods")) {
+  const nlohmann::json& raw = document.json;
+  if (raw.contains("methods") && !raw["methods"].is_null()) {
     if (raw.contains("method")) throw InputError(config.source + ": give either \"method\" or \"methods\"");
     if (!raw["methods"].is_array() || raw["methods"].empty())
       throw InputError(config.source + ": methods: expected a non-empty list");
@@ -67,10 +150,15 @@ int run_edit_command(const EditArgs& args) {
   }
   const bool single = requests.size() == 1 && methods.size() == 1;
   if (!single && (!args.save_delta.empty() || !args.save_model.empty()))
-    throw InputError("--save-delta and --save-model need a config with one request and one method");
+    throw InputError("--save-delta and --save-model need one request and one method");
+  note_unused_hparams(config);
 
-  LoadedModel loaded = load_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  LoadedModel loaded = load_config_model(config);
+  fit_to_model(config, loaded);
   check_edit_inputs(loaded, config);
+  // Every request before the first edit: inside a word is refused, merged with punctuation warned.
+  for (const std::string& warning : subject_boundary_warnings(*loaded.tokenizer, loaded.add_bos, requests, {}, config.source))
+    std::cerr << "warning: " << warning << "\n";
   EditContext context = prepare_edit_context(loaded, config);
   EditOptions options;
   options.path = args.reference_path ? ForwardPath::Reference : ForwardPath::Optimized;
@@ -97,19 +185,20 @@ int run_edit_command(const EditArgs& args) {
                        {"rewrite_weight", loaded.model->rewrite_weight_name(config.hparams.layer)},
                        {"method", to_string(methods[0])}});
   if (!args.save_model.empty()) {
-    if (!std::filesystem::is_directory(config.model))
-      throw InputError(config.model + ": --save-model needs a Hugging Face model directory as the source");
+    if (!std::filesystem::is_directory(loaded.model_path))
+      throw InputError(loaded.model_path + ": --save-model needs a Hugging Face model directory as the source");
     std::filesystem::create_directories(args.save_model);
     write_safetensors(std::filesystem::path(args.save_model) / "model.safetensors", loaded.model->hf_state_dict(),
                       {{"format", "pt"}, {"edited_by", "rome-collapse " ROME_COLLAPSE_VERSION}});
     for (const char* file : {"config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer.json",
                              "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"}) {
-      const auto source = std::filesystem::path(config.model) / file;
+      const auto source = std::filesystem::path(loaded.model_path) / file;
       if (std::filesystem::exists(source))
         write_file_atomic(std::filesystem::path(args.save_model) / file, read_file(source));
     }
   }
-  nlohmann::json output = single ? results[0] : nlohmann::json{{"schema_version", kResultSchemaVersion}, {"results", results}};
+  // One shape whatever the number of edits (README "Result").
+  const nlohmann::json output = {{"schema_version", kResultSchemaVersion}, {"results", results}};
   if (args.out.empty()) {
     std::cout << json_text(output) << "\n";
     print_comparison(std::cerr, results);

@@ -1,15 +1,28 @@
 // `rome-collapse keys`: dumps the keys behind the collapse to .npz and runs the first-token
 // experiment (position shift vs real prefix), with a PCA projection for the figures.
+#include <algorithm>
 #include <iostream>
 
 #include "commands.h"
 #include "rome_collapse/rome/key_analysis.h"
 #include "rome_collapse/rome/npz.h"
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/progress.h"
 
 namespace rc::cli {
+namespace {
+
+// Subjects merged with punctuation are read as ROME reads them, with a warning (a few shown).
+void print_subject_boundary_warnings(const LoadedModel& loaded, const RequestSet& requests) {
+  const auto warnings =
+      subject_boundary_warnings(*loaded.tokenizer, loaded.add_bos, requests.requests, requests.ids, requests.source);
+  for (size_t i = 0; i < std::min<size_t>(warnings.size(), 5); ++i) std::cerr << "warning: " << warnings[i] << "\n";
+  if (warnings.size() > 5) std::cerr << "warning: ... and " << warnings.size() - 5 << " more such subjects\n";
+}
+
+}  // namespace
 
 int run_keys_command(const KeysArgs& args) {
   KeyAnalysisOptions options;
@@ -26,6 +39,7 @@ int run_keys_command(const KeysArgs& args) {
   // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
   LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
   KeyRunContext context = prepare_key_run(loaded, config);
+  print_subject_boundary_warnings(loaded, setup.requests);
   ProgressReporter progress("keys", 0, "prompts");
   options.progress = &progress;
   KeyAnalysis analysis = analyze_keys(loaded, config, setup.requests, context, options);

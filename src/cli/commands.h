@@ -35,8 +35,18 @@ struct PerplexityArgs {
 };
 int run_perplexity(const PerplexityArgs& args);
 
+// Flags override the config's fields; without --config the flags are the whole config.
 struct EditArgs {
   std::string config;
+  std::string hparams;                  // native / ROME JSON / EasyEdit YAML hparams file
+  std::string model, tokenizer;         // empty: the config's
+  std::optional<bool> add_bos;
+  std::string device, dtype;            // empty: the config's
+  std::vector<std::string> methods;     // repeatable, or a comma list
+  int64_t layer = -1;                   // -1: the config's
+  std::string prompt, subject, target_new, target_true;  // an inline request
+  std::string dataset;                  // a request / dataset file, with case_ids
+  std::vector<int64_t> case_ids;
   std::string out;          // empty: JSON to stdout
   std::string save_delta;   // safetensors with u and v
   std::string save_model;   // directory for the edited checkpoint

@@ -58,6 +58,12 @@ std::map<std::string, at::Tensor> CausalLM::hf_state_dict() const {
   return out;
 }
 
+std::vector<std::string> CausalLM::weight_names() const {
+  std::vector<std::string> names;
+  for (const auto& item : weights_) names.push_back(item.first);
+  return names;
+}
+
 PositionIndex make_position_index(const std::vector<TokenPosition>& pairs, c10::Device device) {
   std::vector<int64_t> rows, positions;
   rows.reserve(pairs.size());

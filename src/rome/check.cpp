@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/rome/update.h"
 #include "rome_collapse/util/error.h"
@@ -19,13 +20,6 @@ namespace rc {
 namespace {
 
 nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(); }
-
-// Config keys check/keys accept besides those of an edit config: the request-set forms of
-// edit/batch configs, so one config serves edit, batch, check and keys (batch's evaluation
-// settings are accepted and have no effect on keys; "cases" does not narrow the dataset here).
-const std::vector<std::string> kKeyRunExtraKeys = {"requests",       "methods",    "dataset",
-                                                   "cases",          "evaluation", "collapse_cases",
-                                                   "sequential",     "perplexity_selection"};
 
 }  // namespace
 
@@ -103,13 +97,11 @@ std::vector<KeySet> compute_keys_batched(const CausalLM& model, const Tokenizer&
 }
 
 KeyRunSetup read_key_run_setup(const std::filesystem::path& config_path, const std::string& requests_file) {
-  const std::string text = read_file(config_path);
-  const nlohmann::json json = parse_json(text, config_path.string(), "malformed JSON");
-  std::filesystem::path base = config_path.parent_path();
-  if (base.empty()) base = ".";
+  const ConfigDocument document = read_config_document(config_path);
+  const nlohmann::json& json = document.json;
+  const std::filesystem::path& base = document.base_dir;
   KeyRunSetup setup;
-  setup.config = parse_edit_config(json, config_path.string(), base, kKeyRunExtraKeys);
-  setup.config.config_sha256 = sha256_hex(text);
+  setup.config = parse_edit_config(document);
   if (!requests_file.empty()) {
     setup.requests = read_request_file(requests_file);
   } else if (json.contains("dataset") && !json.contains("request") && !json.contains("requests")) {
@@ -141,6 +133,8 @@ KeyRunContext prepare_key_run(const LoadedModel& loaded, const EditConfig& confi
     throw InputError(config.source + ": context_templates: generating templates needs a causal decoder; for T5 "
                      "give them as a list (e.g. the 21 fixed templates of configs/experiment5-t5-v1_0.json, the same ones "
                      "a decoder run can use)");
+  if (loaded.model)  // module names a ROME / EasyEdit hparams file gives (causal LMs)
+    check_module_names(*loaded.model, config.module_names, config.hparams.layer, config.source + ": hparams");
   KeyRunContext context;
   context.templates = resolve_templates(loaded, config.templates);
   if (config.hparams.mom2_adjustment) context.second_moment = read_second_moment_npz(config.hparams.stats);
@@ -200,8 +194,18 @@ void apply_thresholds(RequestCheck& check, const CheckThresholds& thresholds) {
   check.passed = check.failures.empty();
 }
 
+void check_subject_boundaries(const LoadedModel& loaded, const RequestSet& requests) {
+  for (size_t i = 0; i < requests.requests.size(); ++i) {
+    const EditRequest& request = requests.requests[i];
+    const std::string id = i < requests.ids.size() ? requests.ids[i].dump() : std::to_string(i);
+    check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject,
+                           requests.source + ": request " + id);
+  }
+}
+
 CheckReport run_check(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
                       const KeyRunContext& context, const CheckThresholds& thresholds, ProgressReporter* progress) {
+  check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
   CheckReport report;
   report.thresholds = thresholds;

@@ -7,6 +7,7 @@
 #include "rome_collapse/model/device_memory.h"
 #include "rome_collapse/rome/convergence.h"
 #include "rome_collapse/rome/limits.h"
+#include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
@@ -26,128 +27,7 @@ std::vector<double> to_vector(const at::Tensor& tensor) {
   return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
 }
 
-std::string resolve_path(const std::filesystem::path& base_dir, const std::string& value) {
-  if (value.empty() || value.rfind("builtin:", 0) == 0) return value;
-  std::filesystem::path path(value);
-  return path.is_absolute() ? path.string() : (base_dir / path).lexically_normal().string();
-}
-
-const std::vector<std::string> kConfigKeys = {"model",   "tokenizer", "add_bos",        "device",       "dtype",
-                                              "method",  "request",   "hparams",        "context_templates",
-                                              "perplexity", "collapse_ratio", "dump_vectors", "prefix_index",
-                                              "record_timings", "description"};
-
-// Whether this machine and libtorch can run the config's device and dtype, with the file and the
-// field named (load_model would say it too, but without the config).
-void check_device_and_dtype(const std::string& device, const std::string& dtype, const std::string& source) {
-  c10::Device parsed_device(c10::kCPU);
-  try {
-    parsed_device = parse_device(device);
-  } catch (const InputError& e) {
-    throw InputError(source + ": field \"device\": " + e.what());
-  }
-  try {
-    check_dtype_supported(parse_dtype(dtype), parsed_device, dtype);
-  } catch (const InputError& e) {
-    throw InputError(source + ": field \"dtype\": " + e.what());
-  }
-}
-
 }  // namespace
-
-EditConfig parse_edit_config(const nlohmann::json& json, const std::string& source, const std::filesystem::path& base_dir,
-                             const std::vector<std::string>& allowed_extra) {
-  if (!json.is_object()) throw InputError(source + ": expected a JSON object");
-  for (const auto& item : json.items()) {
-    const std::string& key = item.key();
-    if (std::find(kConfigKeys.begin(), kConfigKeys.end(), key) == kConfigKeys.end() &&
-        std::find(allowed_extra.begin(), allowed_extra.end(), key) == allowed_extra.end())
-      throw InputError(source + ": unknown field \"" + excerpt(key) + "\"");
-  }
-  EditConfig config;
-  config.source = source;
-  config.raw = json;
-  auto string_field = [&](const char* key, std::string& out, bool required) {
-    if (!json.contains(key)) {
-      if (required) throw InputError(source + ": missing field \"" + std::string(key) + "\"");
-      return;
-    }
-    if (!json[key].is_string()) throw InputError(source + ": field \"" + std::string(key) + "\": expected a string");
-    out = json[key].get<std::string>();
-  };
-  string_field("model", config.model, true);
-  config.model = resolve_path(base_dir, config.model);
-  string_field("tokenizer", config.tokenizer, false);
-  config.tokenizer = resolve_path(base_dir, config.tokenizer);
-  if (json.contains("add_bos") && !json["add_bos"].is_null()) {
-    if (!json["add_bos"].is_boolean()) throw InputError(source + ": field \"add_bos\": expected true, false or null");
-    config.add_bos = json["add_bos"].get<bool>();
-  }
-  string_field("device", config.device, false);
-  string_field("dtype", config.dtype, false);
-  if (config.device != "cpu" && config.device != "cuda")
-    throw InputError(source + ": field \"device\": expected \"cpu\" or \"cuda\"");
-  check_device_and_dtype(config.device, config.dtype, source);
-  std::string method = "rome";
-  string_field("method", method, false);
-  config.method = parse_method(method, source + ": field \"method\"");
-  if (json.contains("request")) config.request = parse_request(json["request"], source + ": request");
-  if (json.contains("hparams")) read_fields(config.hparams, json["hparams"], source + ": hparams");
-  config.hparams.stats = resolve_path(base_dir, config.hparams.stats);
-  check_hparams(config.hparams, source + ": hparams");
-  if (config.hparams.mom2_adjustment && config.hparams.stats.empty())
-    throw InputError(source + ": hparams.stats: mom2_adjustment is true but no statistics file is named");
-  if (json.contains("context_templates"))
-    config.templates = parse_template_spec(json["context_templates"], source + ": context_templates");
-  else
-    config.templates.generate = true;
-  check_template_spec(config.templates, source + ": context_templates");
-  if (json.contains("perplexity")) {
-    const auto& ppl = json["perplexity"];
-    if (!ppl.is_object() || !ppl.contains("texts") || !ppl["texts"].is_string())
-      throw InputError(source + ": perplexity: expected {\"texts\": FILE, \"batch_size\": N}");
-    for (const auto& item : ppl.items())
-      if (item.key() != "texts" && item.key() != "batch_size")
-        throw InputError(source + ": perplexity: unknown field \"" + excerpt(item.key()) + "\"");
-    config.perplexity_texts = resolve_path(base_dir, ppl["texts"].get<std::string>());
-    if (ppl.contains("batch_size")) {
-      if (!ppl["batch_size"].is_number_integer() || ppl["batch_size"].get<int64_t>() < 1 ||
-          ppl["batch_size"].get<int64_t>() > 4096)
-        throw InputError(source + ": perplexity.batch_size: expected an integer in [1, 4096]");
-      config.perplexity_batch_size = ppl["batch_size"].get<int64_t>();
-    }
-  }
-  if (json.contains("collapse_ratio")) {
-    if (!json["collapse_ratio"].is_number() || !(json["collapse_ratio"].get<double>() > 0))
-      throw InputError(source + ": collapse_ratio: expected a positive number");
-    config.collapse_ratio = json["collapse_ratio"].get<double>();
-  }
-  if (json.contains("dump_vectors")) {
-    if (!json["dump_vectors"].is_boolean()) throw InputError(source + ": dump_vectors: expected true or false");
-    config.dump_vectors = json["dump_vectors"].get<bool>();
-  }
-  if (json.contains("record_timings")) {
-    if (!json["record_timings"].is_boolean()) throw InputError(source + ": record_timings: expected true or false");
-    config.record_timings = json["record_timings"].get<bool>();
-  }
-  if (json.contains("prefix_index")) {
-    if (!json["prefix_index"].is_number_integer() || json["prefix_index"].get<int64_t>() < 0)
-      throw InputError(source + ": prefix_index: expected a non-negative integer");
-    config.prefix_index = json["prefix_index"].get<int64_t>();
-  }
-  return config;
-}
-
-EditConfig read_edit_config(const std::filesystem::path& path, const std::vector<std::string>& allowed_extra) {
-  const std::string text = read_file(path);
-  const nlohmann::json json = parse_json(text, path.string(), "malformed JSON");
-  std::filesystem::path base = path.parent_path();
-  EditConfig config = parse_edit_config(json, path.string(), base.empty() ? "." : base, allowed_extra);
-  const bool requests_elsewhere = json.contains("requests") || json.contains("dataset");
-  if (!json.contains("request") && !requests_elsewhere) fail_input(path.string(), "missing field \"request\"");
-  config.config_sha256 = sha256_hex(text);
-  return config;
-}
 
 void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
   const auto& model_config = loaded.model->config();
@@ -158,6 +38,7 @@ void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
   if (hp.v_loss_layer < hp.layer || hp.v_loss_layer >= model_config.n_layers)
     throw InputError(config.source + ": hparams.v_loss_layer: " + std::to_string(hp.v_loss_layer) +
                      " must be in [layer, " + std::to_string(model_config.n_layers - 1) + "]");
+  check_module_names(*loaded.model, config.module_names, hp.layer, config.source + ": hparams");
 }
 
 nlohmann::json tokenizer_files_provenance(const Tokenizer& tokenizer) {
@@ -180,6 +61,7 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
           {"device", config.device},
           {"dtype", config.dtype},
           {"hparams", fields_to_json(config.hparams)},
+          {"hparams_source", config.hparams_source},
           {"template_source", config.templates.generate ? "generated" : "fixed"},
           {"template_seed", config.templates.generate ? nlohmann::json(config.templates.generation.seed)
                                                      : nlohmann::json(nullptr)}};
@@ -212,6 +94,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   check_edit_inputs(loaded, config);
   const CausalLM& model = *loaded.model;
   const Tokenizer& tokenizer = *loaded.tokenizer;
+  check_subject_boundary(tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
   const RomeHparams& hp = config.hparams;
   std::map<std::string, double> timings, peak_mib;
   EditOutcome outcome;

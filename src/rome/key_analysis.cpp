@@ -118,6 +118,7 @@ Pca fit_pca(const at::Tensor& points, int64_t components) {
 
 KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
                          const KeyRunContext& context, const KeyAnalysisOptions& options) {
+  check_subject_boundaries(loaded, requests);
   const auto start = std::chrono::steady_clock::now();
   const std::unique_ptr<KeySource> source = make_key_source(loaded);
   const Tokenizer& tokenizer = *loaded.tokenizer;

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {
@@ -14,6 +15,12 @@ int64_t subject_last_index(const Tokenizer& tokenizer, bool add_bos, const std::
   std::vector<int64_t> ids = tokenizer.encode(text_with_placeholder.substr(0, at) + subject, add_bos);
   if (ids.empty()) throw InputError("subject \"" + subject + "\" encodes to no tokens");
   return static_cast<int64_t>(ids.size()) - 1;
+}
+
+void check_subject_boundary(const Tokenizer& tokenizer, bool add_bos, const std::string& text_with_placeholder,
+                            const std::string& subject, const std::string& where) {
+  const SubjectBoundaryCheck check = subject_boundary(tokenizer, add_bos, text_with_placeholder, subject, where);
+  if (check.kind == SubjectBoundary::InsideWord) throw InputError(check.message);
 }
 
 KeySet key_set_from_rows(const at::Tensor& keys, const at::Tensor& outputs) {

@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include "rome_collapse/model/hub_cache.h"
 #include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/util/error.h"
 
@@ -68,7 +69,8 @@ namespace {
 // The tokenizer at tokenizer_path, else in the model's directory (for a file, the directory holding it).
 void attach_tokenizer(LoadedModel& loaded, const std::string& tokenizer_path, std::optional<bool> add_bos,
                       int64_t model_vocab_size) {
-  std::filesystem::path tokenizer_location = tokenizer_path;
+  std::filesystem::path tokenizer_location =
+      tokenizer_path.empty() ? "" : resolve_model_location(tokenizer_path, {}, "tokenizer");  // a path or hub name
   if (tokenizer_location.empty()) {
     std::filesystem::path model_location(loaded.model_path);
     tokenizer_location = std::filesystem::is_directory(model_location) ? model_location : model_location.parent_path();
@@ -96,12 +98,12 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
     return builtin;
   }
   LoadedModel loaded;
-  loaded.model_path = model_path;
+  loaded.model_path = resolve_model_location(model_path);  // a path, hub-cache folder or cached hub name
   LoadOptions options;
   options.device = parse_device(device);
   options.dtype = parse_dtype(dtype);
   check_dtype_supported(options.dtype, options.device, dtype);
-  loaded.model = load_causal_lm(model_path, options);
+  loaded.model = load_causal_lm(loaded.model_path, options);
   attach_tokenizer(loaded, tokenizer_path, add_bos, loaded.model->config().vocab_size);
   configure_threads(&loaded.model->config());
   return loaded;
@@ -109,15 +111,16 @@ LoadedModel load_model(const std::string& model_path, const std::string& tokeniz
 
 LoadedModel load_key_model(const std::string& model_path, const std::string& tokenizer_path,
                            std::optional<bool> add_bos, const std::string& device, const std::string& dtype) {
-  if (is_builtin_model(model_path) || !is_t5_folder(model_path))
-    return load_model(model_path, tokenizer_path, add_bos, device, dtype);
+  if (is_builtin_model(model_path)) return load_model(model_path, tokenizer_path, add_bos, device, dtype);
+  const std::string location = resolve_model_location(model_path);  // a path, hub-cache folder or hub name
+  if (!is_t5_folder(location)) return load_model(location, tokenizer_path, add_bos, device, dtype);
   LoadedModel loaded;
-  loaded.model_path = model_path;
+  loaded.model_path = location;
   LoadOptions options;
   options.device = parse_device(device);
   options.dtype = parse_dtype(dtype);
   check_dtype_supported(options.dtype, options.device, dtype);
-  loaded.seq2seq = load_seq2seq_lm(model_path, options);
+  loaded.seq2seq = load_seq2seq_lm(location, options);
   attach_tokenizer(loaded, tokenizer_path, add_bos, loaded.seq2seq->config().vocab_size);
   // The thread heuristic looks at the widths only.
   ModelConfig widths;

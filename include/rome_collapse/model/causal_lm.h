@@ -127,6 +127,8 @@ class CausalLM {
 
   // All weights under Hugging Face names and layouts (for --save-model).
   std::map<std::string, at::Tensor> hf_state_dict() const;
+  // The Hugging Face names of its weights (no copies), e.g. to check module names a config gives.
+  std::vector<std::string> weight_names() const;
 
  protected:
   CausalLM(Checkpoint checkpoint, LoadOptions options);

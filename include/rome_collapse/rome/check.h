@@ -95,6 +95,9 @@ struct RequestIdentity {
   bool subject_first_token = false;
   int64_t subject_last_index = 0;
 };
+// check_subject_boundary for every request, naming the request set and the request's id.
+void check_subject_boundaries(const LoadedModel& loaded, const RequestSet& requests);
+
 RequestIdentity identify_request(const LoadedModel& loaded, const RequestSet& requests, size_t index);
 // {"index", "id", "request", "subject_first", "subject_first_token", "subject_last_index"}, to which a
 // report adds its own numbers.

@@ -19,6 +19,12 @@ namespace rc {
 int64_t subject_last_index(const Tokenizer& tokenizer, bool add_bos, const std::string& text_with_placeholder,
                            const std::string& subject);
 
+// InputError when the subject ends inside a word of the prompt ("Leonard" in "Leonardo is"):
+// the key would be read at a token the prompt does not contain (subject_boundary.h; a subject
+// merged with punctuation passes). The message shows both token sequences.
+void check_subject_boundary(const Tokenizer& tokenizer, bool add_bos, const std::string& text_with_placeholder,
+                            const std::string& subject, const std::string& where);
+
 struct KeySet {
   at::Tensor prefixed_keys;         // [n_templates, F]
   at::Tensor prefixed_outputs;      // [n_templates, D]
