@@ -221,3 +221,74 @@ tokenizer_json = {"version": "1.0", "added_tokens": [{"id": vocab["<|endoftext|>
                   "model": {"type": "BPE", "vocab": vocab, "merges": [list(m) for m in merges[:3]] +
                             ["%s %s" % m for m in merges[3:]]}}
 put("bpe_tokenizer", "tokenizer_json", b"\x01" + json.dumps(tokenizer_json).encode())
+
+# HfTokenizer (first byte 3: tokenizer.json; 2: vocab.json + merges.txt + tokenizer_config.json):
+# one seed per kind of component, small vocabularies written here.
+put("bpe_tokenizer", "hf_gpt2_json", b"\x03" + json.dumps(tokenizer_json).encode())
+split_regex = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+               "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+llama3_like = dict(tokenizer_json)
+llama3_like.update({
+    "normalizer": {"type": "NFC"},
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": split_regex}, "behavior": "Isolated", "invert": False},
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]},
+    "post_processor": {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "trim_offsets": False},
+        {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}},
+                                                   {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [], "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [vocab["<|endoftext|>"]],
+                                                           "tokens": ["<|endoftext|>"]}}}]},
+    "added_tokens": [{"id": vocab["<|endoftext|>"], "content": "<|endoftext|>", "special": True, "lstrip": True,
+                      "rstrip": True, "single_word": False, "normalized": False},
+                     {"id": vocab["Ġt"], "content": "  ", "special": False, "normalized": True, "single_word": True}],
+})
+llama3_like["model"] = dict(tokenizer_json["model"], ignore_merges=True)
+put("bpe_tokenizer", "hf_split_digits_template", b"\x03" + json.dumps(llama3_like).encode())
+meta = "\u2581"
+sp_vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+for b in range(256):
+    sp_vocab["<0x%02X>" % b] = len(sp_vocab)
+for piece in [meta, "H", "e", "l", "o", meta + "H", "ll", "He", "Hell", "Hello", meta + "Hello", "a", "b", "ab"]:
+    sp_vocab.setdefault(piece, len(sp_vocab))
+sp_merges = [[meta, "H"], ["l", "l"], ["H", "e"], ["He", "ll"], ["Hell", "o"], [meta, "Hello"], ["a", "b"]]
+mistral_like = {
+    "version": "1.0", "normalizer": None,
+    "added_tokens": [{"id": i, "content": c, "special": True, "normalized": False} for c, i in
+                     [("<unk>", 0), ("<s>", 1), ("</s>", 2)]],
+    "pre_tokenizer": {"type": "Metaspace", "replacement": meta, "prepend_scheme": "first", "split": False},
+    "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                                                               {"Sequence": {"id": "A", "type_id": 0}}],
+                       "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+    "decoder": {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": meta}, "content": " "},
+                                                 {"type": "ByteFallback"}, {"type": "Fuse"},
+                                                 {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+    "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": True, "byte_fallback": True, "vocab": sp_vocab,
+              "merges": sp_merges},
+}
+put("bpe_tokenizer", "hf_metaspace_byte_fallback", b"\x03" + json.dumps(mistral_like).encode())
+llama2_like = dict(mistral_like, pre_tokenizer=None,
+                   normalizer={"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": meta},
+                                                                   {"type": "Replace", "pattern": {"String": " "},
+                                                                    "content": meta}]},
+                   decoder={"type": "Sequence", "decoders": [{"type": "Metaspace", "replacement": meta,
+                                                              "prepend_scheme": "always"},
+                                                             {"type": "ByteFallback"}, {"type": "Fuse"}]})
+put("bpe_tokenizer", "hf_prepend_replace", b"\x03" + json.dumps(llama2_like).encode())
+split_kinds = dict(mistral_like, pre_tokenizer={"type": "Sequence", "pretokenizers": [
+    {"type": "Split", "pattern": {"String": "l"}, "behavior": "MergedWithPrevious", "invert": False},
+    {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Contiguous", "invert": True},
+    {"type": "Split", "pattern": {"String": "o"}, "behavior": "MergedWithNext", "invert": False},
+    {"type": "Metaspace", "replacement": meta, "add_prefix_space": True}]},
+    normalizer={"type": "Sequence", "normalizers": [{"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Strip"}]})
+put("bpe_tokenizer", "hf_split_behaviours", b"\x03" + json.dumps(split_kinds).encode())
+qwen2_config = {"tokenizer_class": "Qwen2Tokenizer", "add_prefix_space": False, "bos_token": None,
+                "eos_token": "<|endoftext|>", "added_tokens_decoder": {
+                    str(vocab["<|endoftext|>"]): {"content": "<|endoftext|>", "lstrip": False, "normalized": False,
+                                                  "rstrip": False, "single_word": False, "special": True}}}
+put("bpe_tokenizer", "hf_qwen2_slow", b"\x02" + json.dumps(vocab).encode() + b"\n#merges\n" + merges_txt.encode() +
+    b"\n#config\n" + json.dumps(qwen2_config).encode())
+opt_config = {"add_bos_token": True, "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+put("bpe_tokenizer", "hf_opt_slow", b"\x02" + json.dumps(vocab).encode() + b"\n#merges\n" + merges_txt.encode() +
+    b"\n#config\n" + json.dumps(opt_config).encode())

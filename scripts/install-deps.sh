@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config ccache
           libtorch-dev libopenblas0-openmp libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libyaml-cpp-dev
-          libgtest-dev libsentencepiece-dev libpcre2-dev libzip-dev libssl-dev
+          libgtest-dev libsentencepiece-dev libpcre2-dev libicu-dev libzip-dev libssl-dev
           python3 python3-numpy python3-matplotlib
           clang libclang-rt-14-dev)  # clang + libFuzzer: scripts/ci-fuzz.sh
 missing=()

@@ -152,7 +152,8 @@ TEST(Gpt2Bpe, TokenizerJsonMatchesVocabAndMerges) {
     write_text(path, gpt2_tokenizer_json(as_pairs).dump());
     auto loaded = load_tokenizer(path.parent_path());  // a directory with only tokenizer.json
     EXPECT_EQ(loaded->vocab_size(), reference->vocab_size());
-    EXPECT_EQ(loaded->bos_id(), reference->bos_id());
+    EXPECT_EQ(loaded->eos_id(), reference->eos_id());
+    EXPECT_EQ(loaded->bos_id(), std::nullopt);  // no post-processor: Hugging Face adds nothing around the text
     for (const auto& text : sentences) {
       EXPECT_EQ(loaded->encode(text, false), reference->encode(text, false)) << text;
       EXPECT_EQ(loaded->decode(loaded->encode(text, true)), text);
@@ -199,9 +200,10 @@ TEST(LoadTokenizer, FindsGpt2Directory) {
   EXPECT_EQ(from_vocab_file->encode(" Hello world", false), (Ids{18435, 995}));
 }
 
-TEST(LoadTokenizer, PrefersTokenizerModelOverNonByteLevelTokenizerJson) {
+TEST(LoadTokenizer, UnreadableTokenizerJsonGivesWayToTokenizerModel) {
   ROME_REQUIRE_SHARED();
-  // Hugging Face Llama directories hold a SentencePiece-style tokenizer.json next to tokenizer.model.
+  // tokenizer.json comes first (as in Hugging Face); one that is refused (here: an empty vocabulary)
+  // gives way to the tokenizer.model beside it, with a warning.
   auto dir = test::scratch_dir("llama-style-dir");
   write_text(dir / "tokenizer.json",
              R"({"model": {"type": "BPE", "byte_fallback": true, "vocab": {}, "merges": []},
@@ -210,9 +212,9 @@ TEST(LoadTokenizer, PrefersTokenizerModelOverNonByteLevelTokenizerJson) {
   auto tokenizer = load_tokenizer(dir);
   EXPECT_TRUE(tokenizer->adds_bos_by_default());
   EXPECT_EQ(tokenizer->vocab_size(), 512);
-  // Alone, the same tokenizer.json is refused with a reason, not misread as GPT-2 BPE.
+  // Alone, the same tokenizer.json is refused with its reason.
   fs::remove(dir / "tokenizer.model");
-  expect_input_error([&] { load_tokenizer(dir); }, {(dir / "tokenizer.json").string(), "byte-level"});
+  expect_input_error([&] { load_tokenizer(dir); }, {(dir / "tokenizer.json").string(), "model.vocab is empty"});
 }
 
 TEST(LoadTokenizer, EmptyOrMissingPathIsInputError) {

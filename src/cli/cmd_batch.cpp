@@ -300,6 +300,7 @@ json run_description(const BatchRun& run, const EditContext& context, const Load
            {{"model", loaded.model_path},
             {"architecture", to_string(loaded.model->config().arch)},
             {"tokenizer", loaded.tokenizer_path},
+            {"tokenizer_files", tokenizer_files_provenance(*loaded.tokenizer)},
             {"add_bos", loaded.add_bos},
             {"device", run.config.device},
             {"dtype", run.config.dtype},

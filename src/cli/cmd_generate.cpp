@@ -19,7 +19,7 @@ int run_generate(const GenerateArgs& args) {
                                   args.model.dtype);
   std::vector<int64_t> prompt = loaded.encode(args.prompt);
   if (prompt.empty()) {
-    auto bos = loaded.tokenizer->bos_id();
+    auto bos = loaded.tokenizer->bos_id() ? loaded.tokenizer->bos_id() : loaded.tokenizer->eos_id();  // GPT-2: <|endoftext|>
     if (!bos) throw InputError("generate: empty prompt and the tokenizer has no BOS token to start from");
     prompt.push_back(*bos);
   }

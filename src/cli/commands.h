@@ -111,6 +111,16 @@ struct BenchArgs {
 };
 int run_bench(const BenchArgs& args);
 
+struct TokenizeArgs {
+  std::string model, tokenizer;        // one of them: the model's folder, or the tokenizer's folder/file
+  std::optional<std::string> text;     // --text, or
+  std::string file;                    // --file
+  bool special = false;                // add the tokenizer's special tokens (BOS, ...)
+  std::optional<std::string> subject;  // report its token span
+  int64_t bench_repeats = 0;           // > 0: time encoding instead (fastest of N)
+};
+int run_tokenize(const TokenizeArgs& args);
+
 // [commands: new argument structs and run_* declarations above this line]
 
 }  // namespace rc::cli

@@ -205,6 +205,16 @@ int main(int argc, char** argv) {
   bench->add_option("--out", bench_args.out, "JSON report");
   add_threads_option(bench, threads);
 
+  rc::cli::TokenizeArgs tok_args;
+  auto* tokenize = app.add_subcommand("tokenize", "ids, pieces and byte offsets of a text as JSON (and a subject's span)");
+  auto* tok_model = tokenize->add_option("--model", tok_args.model, "model folder (its tokenizer)");
+  tokenize->add_option("--tokenizer", tok_args.tokenizer, "tokenizer folder or file")->excludes(tok_model);
+  auto* tok_text = tokenize->add_option("--text", tok_args.text, "text to split");
+  tokenize->add_option("--file", tok_args.file, "file whose text to split")->excludes(tok_text);
+  tokenize->add_flag("--special", tok_args.special, "add the special tokens the tokenizer adds (BOS, ...)");
+  tokenize->add_option("--subject", tok_args.subject, "report the tokens covering this subject");
+  tokenize->add_option("--bench", tok_args.bench_repeats, "time N encodes (vs the previous GPT-2 reader)")->check(CLI::Range(1, 1000));
+
   // [register: new subcommands are added above this line, one block each]
 
   try {
@@ -229,6 +239,7 @@ int main(int argc, char** argv) {
     if (*batch) return rc::cli::run_batch(batch_args);
     if (*merge) return rc::cli::run_merge(merge_args);
     if (*bench) return rc::cli::run_bench(bench_args);
+    if (*tokenize) return rc::cli::run_tokenize(tok_args);
     // [dispatch: one line per subcommand above this line]
   } catch (const rc::InputError& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -39,6 +39,13 @@ void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
   check_module_names(*loaded.model, config.module_names, hp.layer, config.source + ": hparams");
 }
 
+nlohmann::json tokenizer_files_provenance(const Tokenizer& tokenizer) {
+  nlohmann::json files = nlohmann::json::array();
+  for (const auto& file : tokenizer.source_files())
+    files.push_back({{"path", std::filesystem::absolute(file).lexically_normal().string()}, {"sha256", sha256_file(file)}});
+  return files;
+}
+
 nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& config) {
   return {{"tool", "rome-collapse"},
           {"version", ROME_COLLAPSE_VERSION},
@@ -47,6 +54,7 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
           {"model", loaded.model_path},
           {"architecture", loaded.architecture()},
           {"tokenizer", loaded.tokenizer_path},
+          {"tokenizer_files", tokenizer_files_provenance(*loaded.tokenizer)},
           {"add_bos", loaded.add_bos},
           {"device", config.device},
           {"dtype", config.dtype},

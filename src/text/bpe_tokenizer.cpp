@@ -262,9 +262,11 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_and_merges(const std::fil
   }
   if (merges.empty()) fail_input(merges_txt.string(), "no merges");
 
-  return std::unique_ptr<BpeTokenizer>(
+  std::unique_ptr<BpeTokenizer> tokenizer(
       new BpeTokenizer(vocab, merges, {}, vocab_json.string(), merges_txt.string(),
                        "gpt2-bpe " + vocab_json.filename().string() + "+" + merges_txt.filename().string()));
+  tokenizer->sources_ = {vocab_json, merges_txt};
+  return tokenizer;
 }
 
 bool BpeTokenizer::is_byte_level_bpe(const json& document) {
@@ -282,7 +284,9 @@ bool BpeTokenizer::is_byte_level_bpe(const json& document) {
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const std::filesystem::path& tokenizer_json) {
-  return from_tokenizer_json(parse_json_file(tokenizer_json), tokenizer_json);
+  auto tokenizer = from_tokenizer_json(parse_json_file(tokenizer_json), tokenizer_json);
+  tokenizer->sources_ = {tokenizer_json};
+  return tokenizer;
 }
 
 std::unique_ptr<BpeTokenizer> BpeTokenizer::from_tokenizer_json(const json& document,

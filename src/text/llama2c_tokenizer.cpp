@@ -49,7 +49,7 @@ std::string byte_piece_name(int byte) {
 }  // namespace
 
 Llama2cTokenizer::Llama2cTokenizer(const std::filesystem::path& path)
-    : description_("llama2c " + path.filename().string()) {
+    : description_("llama2c " + path.filename().string()), source_(path) {
   const std::string file = path.string();
   const std::string bytes = read_file(path);
   if (bytes.size() < 4) fail_input(file, "truncated llama2.c tokenizer: no max_token_length header");

@@ -137,7 +137,7 @@ std::string take_error(char* error) {
 }  // namespace
 
 SentencePieceTokenizer::SentencePieceTokenizer(const std::filesystem::path& model_path, SentencePieceOptions options)
-    : options_(options), description_("sentencepiece " + model_path.filename().string()) {
+    : options_(options), description_("sentencepiece " + model_path.filename().string()), source_(model_path) {
   // Reading the bytes ourselves gives the house "file not found" error for a missing file.
   std::string serialized = read_file(model_path);
   const ShimApi& api = shim();

@@ -1,9 +1,9 @@
 // rc::load_tokenizer: picks the tokenizer implementation from the files present.
 #include <algorithm>
 
-#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
-#include "rome_collapse/text/bpe_tokenizer.h"
+#include "rome_collapse/text/hf_tokenizer.h"
 #include "rome_collapse/text/llama2c_tokenizer.h"
 #include "rome_collapse/text/sentencepiece_tokenizer.h"
 #include "rome_collapse/text/tokenizer.h"
@@ -16,20 +16,11 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kExpectedFiles =
-    "expected vocab.json+merges.txt, tokenizer.json, tokenizer.model or a llama2.c tokenizer.bin/tok*.bin";
+    "expected tokenizer.json, vocab.json+merges.txt, tokenizer.model or a llama2.c tokenizer.bin/tok*.bin";
 
 bool is_file(const fs::path& path) {
   std::error_code ec;
   return fs::is_regular_file(path, ec);
-}
-
-nlohmann::json parse_tokenizer_json(const fs::path& path) {
-  std::string text = read_file(path);
-  try {
-    return nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fail_input(path.string(), std::string("not valid JSON: ") + e.what());
-  }
 }
 
 // llama2.c tokenizer files in `dir`: tokenizer.bin, else tok*.bin (tok512.bin, tok4096.bin, ...).
@@ -48,18 +39,11 @@ std::vector<fs::path> llama2c_tokenizer_files(const fs::path& dir) {
   return found;
 }
 
-std::unique_ptr<Tokenizer> load_from_directory(const fs::path& dir) {
-  const fs::path tokenizer_json = dir / "tokenizer.json", vocab = dir / "vocab.json", merges = dir / "merges.txt",
-                 sentencepiece_model = dir / "tokenizer.model";
-  // A Hugging Face Llama directory holds a tokenizer.json too, but a SentencePiece-style one that
-  // BpeTokenizer cannot reproduce: use tokenizer.json only when it is byte-level BPE.
-  std::optional<nlohmann::json> tokenizer_document;
-  if (is_file(tokenizer_json)) {
-    tokenizer_document = parse_tokenizer_json(tokenizer_json);
-    if (BpeTokenizer::is_byte_level_bpe(*tokenizer_document))
-      return BpeTokenizer::from_tokenizer_json(*tokenizer_document, tokenizer_json);
-  }
-  if (is_file(vocab) && is_file(merges)) return BpeTokenizer::from_vocab_and_merges(vocab, merges);
+// The tokenizers a folder offers after its tokenizer.json, in Hugging Face's order of preference
+// (slow files); nullptr when there is none.
+std::unique_ptr<Tokenizer> load_slow_tokenizer(const fs::path& dir) {
+  const fs::path vocab = dir / "vocab.json", merges = dir / "merges.txt", sentencepiece_model = dir / "tokenizer.model";
+  if (is_file(vocab) && is_file(merges)) return HfTokenizer::from_vocab_and_merges(vocab, merges);
   if (is_file(sentencepiece_model)) return std::make_unique<SentencePieceTokenizer>(sentencepiece_model);
   // T5 folders name their SentencePiece model spiece.model (no BOS, "</s>" appended).
   if (is_file(dir / "spiece.model"))
@@ -72,8 +56,24 @@ std::unique_ptr<Tokenizer> load_from_directory(const fs::path& dir) {
     for (const auto& file : llama2c_files) names += (names.empty() ? "" : ", ") + file.filename().string();
     fail_input(dir.string(), "several llama2.c tokenizer files (" + names + "): name the one to use");
   }
-  // Nothing usable: report the most specific problem.
-  if (tokenizer_document) return BpeTokenizer::from_tokenizer_json(*tokenizer_document, tokenizer_json);  // throws
+  return nullptr;
+}
+
+std::unique_ptr<Tokenizer> load_from_directory(const fs::path& dir) {
+  const fs::path tokenizer_json = dir / "tokenizer.json", vocab = dir / "vocab.json", merges = dir / "merges.txt";
+  // Hugging Face uses tokenizer.json when the folder has one. One this reader refuses (a component
+  // it does not implement) gives way to the folder's slow files, loudly; alone, it is the error.
+  if (is_file(tokenizer_json)) {
+    try {
+      return HfTokenizer::from_tokenizer_json(tokenizer_json);
+    } catch (const InputError& refused) {
+      auto slow = load_slow_tokenizer(dir);
+      if (!slow) throw;
+      spdlog::warn("{}; using {} instead", refused.what(), slow->describe());
+      return slow;
+    }
+  }
+  if (auto slow = load_slow_tokenizer(dir)) return slow;
   if (is_file(vocab)) fail_input(merges.string(), "not found (vocab.json needs merges.txt beside it)");
   if (is_file(merges)) fail_input(vocab.string(), "not found (merges.txt needs vocab.json beside it)");
   fail_input(dir.string(), std::string("no tokenizer found (") + kExpectedFiles + ")");
@@ -85,11 +85,11 @@ std::unique_ptr<Tokenizer> load_from_file(const fs::path& file) {
   const fs::path dir = file.parent_path();
   if (name == "vocab.json" || name == "merges.txt") {
     const fs::path vocab = dir / "vocab.json", merges = dir / "merges.txt";
-    if (is_file(vocab) && is_file(merges)) return BpeTokenizer::from_vocab_and_merges(vocab, merges);
+    if (is_file(vocab) && is_file(merges)) return HfTokenizer::from_vocab_and_merges(vocab, merges);
     if (name == "merges.txt") fail_input(vocab.string(), "not found (merges.txt needs vocab.json beside it)");
     fail_input(merges.string(), "not found (vocab.json needs merges.txt beside it)");
   }
-  if (extension == ".json") return BpeTokenizer::from_tokenizer_json(file);
+  if (extension == ".json") return HfTokenizer::from_tokenizer_json(file);
   if (name == "spiece.model") return std::make_unique<SentencePieceTokenizer>(file, SentencePieceOptions::t5());
   if (extension == ".model") return std::make_unique<SentencePieceTokenizer>(file);
   // Refuses other .bin files (e.g. a model checkpoint) with an error naming the file.
@@ -98,6 +98,14 @@ std::unique_ptr<Tokenizer> load_from_file(const fs::path& file) {
 }
 
 }  // namespace
+
+// Pieces spelled by decoding each id alone; offsets unknown.
+TokenizedText Tokenizer::tokenize(const std::string& text, bool add_special) const {
+  TokenizedText result;
+  result.ids = encode(text, add_special);
+  for (int64_t id : result.ids) result.pieces.push_back(decode({id}));
+  return result;
+}
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
   std::error_code ec;

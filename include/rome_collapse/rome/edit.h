@@ -120,6 +120,8 @@ void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config);
 // The provenance block every result shares: tool version, config and its sha256, model,
 // architecture, tokenizer, BOS, device, dtype, hparams and where the templates came from.
 nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& config);
+// The files the tokenizer was read from, each {"path", "sha256"} (builtin tokenizers: none).
+nlohmann::json tokenizer_files_provenance(const Tokenizer& tokenizer);
 
 // The test-time prefix template for c-rome-prefix.
 std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index);

@@ -43,6 +43,7 @@ class BpeTokenizer : public Tokenizer {
   std::optional<int64_t> eos_id() const override { return end_of_text_id_; }
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_bytes_.size()); }
   std::string describe() const override { return description_; }
+  std::vector<std::filesystem::path> source_files() const override { return sources_; }
 
  private:
   struct AddedToken {
@@ -69,6 +70,7 @@ class BpeTokenizer : public Tokenizer {
   std::unordered_map<uint64_t, std::pair<int32_t, int64_t>> merge_by_pair_;
   std::optional<int64_t> end_of_text_id_;
   std::string description_;
+  std::vector<std::filesystem::path> sources_;
   std::unique_ptr<CompiledPattern> pattern_;
 
   // encode() is const and may be called from several threads; the word cache is its only state.

@@ -33,6 +33,7 @@ class Llama2cTokenizer : public Tokenizer {
   std::optional<int64_t> unk_id() const override { return kUnkId; }
   int64_t vocab_size() const override { return static_cast<int64_t>(pieces_.size()); }
   std::string describe() const override { return description_; }
+  std::vector<std::filesystem::path> source_files() const override { return {source_}; }
 
   // Piece text of `id` as stored in the file (" " for SentencePiece's U+2581); out_of_range if absent.
   const std::string& piece(int64_t id) const;
@@ -51,6 +52,7 @@ class Llama2cTokenizer : public Tokenizer {
   std::vector<int16_t> raw_byte_;  // byte value of each <0xHH> piece, -1 for the others
   std::unordered_map<std::string, int64_t> id_by_piece_;
   std::string description_;
+  std::filesystem::path source_;
 };
 
 }  // namespace rc

@@ -41,6 +41,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::optional<int64_t> unk_id() const override { return unk_id_; }
   int64_t vocab_size() const override { return vocab_size_; }
   std::string describe() const override { return description_; }
+  std::vector<std::filesystem::path> source_files() const override { return {source_}; }
 
  private:
   SentencePieceOptions options_;
@@ -50,6 +51,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::optional<int64_t> unk_id_;
   int64_t vocab_size_ = 0;
   std::string description_;
+  std::filesystem::path source_;
 };
 
 }  // namespace rc
