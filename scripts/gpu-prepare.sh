@@ -17,7 +17,7 @@ mkdir -p .gpu/debs .gpu/shared/reference .gpu/shared/tokenizers .gpu/shared/data
 (cd .gpu/debs && apt-get download -q \
   libeigen3-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 libgtest-dev \
   libpcre2-dev libpcre2-8-0 libzip-dev libzip4 libsentencepiece-dev libsentencepiece0 libssl-dev libssl3 \
-  libyaml-cpp-dev libyaml-cpp0.7 \
+  libyaml-cpp-dev libyaml-cpp0.7 libicu-dev libicu72 \
   pkgconf-bin libpkgconf3 2>&1 | grep -v "^W: Download is performed unsandboxed" || true)
 ls .gpu/debs/*.deb >/dev/null
 
