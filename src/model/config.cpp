@@ -278,7 +278,7 @@ ModelConfig parse_hf_config(const nlohmann::json& json, const std::string& file_
                      "a causal decoder (" + supported_model_types() + ")");
   const ArchitectureSpec* spec = find_architecture_spec(model_type);
   if (!spec)
-    fail_input(file, "field 'model_type' is \"" + model_type + "\"; supported model types: " +
+    fail_input(file, "field 'model_type' is \"" + excerpt(model_type) + "\"; supported model types: " +
                          supported_model_types());
   ModelConfig config = default_config(spec->arch);
   parse_dimensions(reader, spec->fields, config);

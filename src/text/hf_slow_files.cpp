@@ -1,6 +1,7 @@
 // Slow-tokenizer folders (vocab.json + merges.txt [+ tokenizer_config.json]) turned into the
 // tokenizer.json that transformers' convert_slow_tokenizer builds: GPT2Converter (GPT-2, OPT) and
 // Qwen2Converter, with the special and added tokens the config declares.
+#include <unordered_map>
 #include <optional>
 #include <set>
 #include <string>
@@ -124,9 +125,15 @@ json HfTokenizer::convert_slow_files(const fs::path& vocab_json, const fs::path&
   json vocab = parse_json(vocab_json);
   if (!vocab.is_object()) fail_input(vocab_json.string(), "vocabulary is not a JSON object of token -> id");
   if (vocab.empty()) fail_input(vocab_json.string(), "vocabulary is empty");
-  for (const auto& [token, id] : vocab.items())
+  std::unordered_map<int64_t, std::string> token_of_id;  // two tokens with one id would decode as either
+  for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
-      fail_input(vocab_json.string(), "vocabulary entry '" + token + "' has an out-of-range id " + id.dump());
+      fail_input(vocab_json.string(), "vocabulary entry '" + excerpt(token) + "' has an out-of-range id " +
+                                          json_excerpt(id));
+    if (auto [other, inserted] = token_of_id.emplace(id.get<int64_t>(), token); !inserted)
+      fail_input(vocab_json.string(), "vocabulary entries '" + excerpt(other->second) + "' and '" + excerpt(token) +
+                                          "' have the same id " + std::to_string(id.get<int64_t>()));
+  }
   json merges = read_merges(merges_txt, vocab);
   // Every byte must have its symbol, or bytes would vanish from the ids (GPT-2 files have all 256).
   const json byte_vocab = HfTokenizer::byte_level_alphabet();
