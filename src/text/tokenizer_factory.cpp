@@ -99,14 +99,6 @@ std::unique_ptr<Tokenizer> load_from_file(const fs::path& file) {
 
 }  // namespace
 
-// Pieces spelled by decoding each id alone; offsets unknown.
-TokenizedText Tokenizer::tokenize(const std::string& text, bool add_special) const {
-  TokenizedText result;
-  result.ids = encode(text, add_special);
-  for (int64_t id : result.ids) result.pieces.push_back(decode({id}));
-  return result;
-}
-
 std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& path) {
   std::error_code ec;
   if (fs::is_directory(path, ec)) return load_from_directory(path);
