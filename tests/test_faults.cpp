@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -335,7 +336,23 @@ TEST(Faults, NonFiniteWeightsAreRefusedAtLoadNamingTensorAndFile) {
   }
 }
 
-TEST(Faults, ATokenizerOfAnotherModelIsAnInputErrorNamingBoth) {
+TEST(Faults, FiniteWeightsWhoseSumOverflowsTheDtypeAreAccepted) {
+  ROME_REQUIRE_SHARED();
+  // 60000 is finite in float16 (max 65504), but a float16 sum of many of them is Inf: the quick
+  // sum test must fall back to the element-wise count instead of refusing a sound checkpoint.
+  const fs::path dir = test::scratch_dir("faults-sum-overflow"), tiny = test::shared_path("reference/tiny-gpt2");
+  Checkpoint checkpoint = load_checkpoint(tiny, at::kFloat);
+  std::map<std::string, at::Tensor> tensors;
+  for (const auto& [name, tensor] : checkpoint.tensors) tensors[name] = tensor.clone();
+  tensors["transformer.wte.weight"].fill_(60000.0f);
+  write_safetensors(dir / "big/model.safetensors", tensors);
+  put(dir / "big/config.json", test::read_if_exists(tiny / "config.json"));
+  ASSERT_FALSE(std::isfinite(tensors["transformer.wte.weight"].to(at::kHalf).sum().item<double>()));
+  Checkpoint loaded = load_checkpoint(dir / "big", at::kHalf);
+  EXPECT_EQ(loaded.tensors.at("transformer.wte.weight").scalar_type(), at::kHalf);
+}
+
+TEST(Faults, ASentencePieceTokenizerOfAnotherModelIsAnInputErrorNamingBoth) {
   ROME_REQUIRE_SHARED();
   const fs::path llama = test::shared_path("reference/tiny-llama"), tok512 = test::shared_path("models/stories260K/tok512.model");
   // The model's ids run past the tokenizer's 512 pieces.
@@ -344,9 +361,13 @@ TEST(Faults, ATokenizerOfAnotherModelIsAnInputErrorNamingBoth) {
   EXPECT_NE(run.err.find(llama.string()), std::string::npos) << run.err;
   EXPECT_NE(run.err.find(tok512.string()), std::string::npos) << run.err;
   EXPECT_NE(run.err.find("does not belong"), std::string::npos) << run.err;
+}
+
+TEST(Faults, ATokenizerLargerThanTheModelsEmbeddingIsAnInputErrorNamingBoth) {
+  ROME_REQUIRE_SHARED();
   // The tokenizer's ids run past the model's embedding.
   const fs::path stories = test::shared_path("models/stories260K/stories260K.bin"), gpt2 = test::shared_path("tokenizers/gpt2");
-  run = test::run_cli("generate --model " + quote(stories) + " --tokenizer " + quote(gpt2) + " --max-new-tokens 4");
+  auto run = test::run_cli("generate --model " + quote(stories) + " --tokenizer " + quote(gpt2) + " --max-new-tokens 4");
   EXPECT_EQ(run.exit_code, 2) << run.err;
   EXPECT_NE(run.err.find(stories.string()), std::string::npos) << run.err;
   EXPECT_NE(run.err.find(gpt2.string()), std::string::npos) << run.err;
