@@ -1,7 +1,7 @@
 // libFuzzer target: rc::read_dataset (CounterFact / EasyEdit / zsRE edit datasets) on arbitrary bytes,
 // in auto-detection and in every forced format.
 #include "fuzz_support.h"
-#include "rome_collapse/eval/dataset.h"
+#include "rome_collapse/io/dataset.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = rc::fuzz::write_scratch("dataset.json", data, size);

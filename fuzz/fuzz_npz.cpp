@@ -3,7 +3,8 @@
 #include <ATen/ATen.h>
 
 #include "fuzz_support.h"
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/rome/covariance.h"
 
 namespace {
 void use(const rc::NpyArray& array) {

@@ -5,8 +5,8 @@
 #include <string>
 
 #include "fuzz_support.h"
-#include "rome_collapse/report/tables.h"
-#include "rome_collapse/rome/request_file.h"
+#include "rome_collapse/experiment/tables.h"
+#include "rome_collapse/io/request_file.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;

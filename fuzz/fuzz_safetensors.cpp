@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 
 #include "fuzz_support.h"
-#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto path = rc::fuzz::write_scratch("input.safetensors", data, size);

@@ -13,9 +13,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/eval/dataset.h"
-#include "rome_collapse/rome/templates.h"
 #include "rome_collapse/eval/evaluation.h"
+#include "rome_collapse/io/dataset.h"
+#include "rome_collapse/rome/templates.h"
 #include "rome_collapse/util/error.h"
 #include "support/test_support.h"
 

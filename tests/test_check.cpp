@@ -6,9 +6,9 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/check.h"
+#include "rome_collapse/analysis/check.h"
+#include "rome_collapse/io/request_file.h"
 #include "rome_collapse/rome/keys.h"
-#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "support/golden.h"
 #include "rome_collapse/util/files.h"

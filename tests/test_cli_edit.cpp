@@ -2,8 +2,8 @@
 // --save-model) and every refusal path (exit code, message, no result file left behind).
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/model/causal_lm.h"
-#include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/rome/convergence.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/util/files.h"

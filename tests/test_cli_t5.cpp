@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/files.h"
 #include "support/test_support.h"

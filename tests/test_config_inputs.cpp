@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/experiment/config_schema.h"
 #include "rome_collapse/model/hub_cache.h"
-#include "rome_collapse/rome/config_schema.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/keys.h"

@@ -21,14 +21,14 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/eval/dataset.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/dataset.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/io/request_file.h"
+#include "rome_collapse/io/safetensors.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/model/checkpoint.h"
 #include "rome_collapse/model/config.h"
-#include "rome_collapse/model/safetensors.h"
-#include "rome_collapse/rome/npz.h"
-#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"

@@ -7,10 +7,10 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/model/architecture.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/model/checkpoint.h"
-#include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "support/test_support.h"

@@ -5,8 +5,8 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/key_analysis.h"
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/analysis/key_analysis.h"
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/util/error.h"
 #include "support/golden.h"
 #include "rome_collapse/util/files.h"

@@ -6,7 +6,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "rome_collapse/eval/perplexity.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"

@@ -7,8 +7,8 @@
 
 #include <ATen/ATen.h>
 
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/rome/covariance.h"
-#include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "support/golden.h"

@@ -12,12 +12,12 @@
 
 #include <ATen/ATen.h>
 
-#include "rome_collapse/eval/dataset.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/dataset.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/io/safetensors.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/model/checkpoint.h"
 #include "rome_collapse/model/config.h"
-#include "rome_collapse/model/safetensors.h"
-#include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/json.h"
 #include "support/test_support.h"

@@ -18,10 +18,10 @@
 #include <ATen/ATen.h>
 #include <Eigen/Dense>
 
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/analysis/key_statistics.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/rome/edit.h"
-#include "rome_collapse/rome/key_statistics.h"
-#include "rome_collapse/rome/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "support/golden.h"

@@ -10,11 +10,11 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/io/safetensors.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/model/seq2seq_lm.h"
 #include "rome_collapse/rome/key_source.h"
 #include "rome_collapse/rome/keys.h"
-#include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "support/golden.h"

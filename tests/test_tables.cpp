@@ -7,7 +7,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/report/tables.h"
+#include "rome_collapse/experiment/tables.h"
 
 namespace rc {
 namespace {

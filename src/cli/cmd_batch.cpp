@@ -17,10 +17,10 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "rome_collapse/eval/dataset.h"
 #include "rome_collapse/eval/evaluation.h"
 #include "rome_collapse/eval/perplexity.h"
-#include "rome_collapse/report/tables.h"
+#include "rome_collapse/experiment/tables.h"
+#include "rome_collapse/io/dataset.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"

@@ -14,10 +14,10 @@
 
 #include "commands.h"
 #include "rome_collapse/eval/perplexity.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/text_file.h"
+#include "rome_collapse/model/builtin_model.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/model/device_memory.h"
-#include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/templates.h"
 #include "rome_collapse/rome/value.h"

@@ -4,7 +4,7 @@
 #include <iostream>
 
 #include "commands.h"
-#include "rome_collapse/rome/check.h"
+#include "rome_collapse/analysis/check.h"
 #include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"

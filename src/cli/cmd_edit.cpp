@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/io/request_file.h"
+#include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/subject_boundary.h"
-#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 

@@ -5,13 +5,13 @@
 
 #include "commands.h"
 #include "rome_collapse/eval/perplexity.h"
-#include "rome_collapse/util/progress.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/model/generation.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/limits.h"
-#include "rome_collapse/rome/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/progress.h"
 
 namespace rc::cli {
 

@@ -4,8 +4,8 @@
 #include <iostream>
 
 #include "commands.h"
-#include "rome_collapse/rome/key_analysis.h"
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/analysis/key_analysis.h"
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"

@@ -14,13 +14,13 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
-#include "rome_collapse/eval/text_file.h"
-#include "rome_collapse/rome/key_statistics.h"
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/analysis/key_statistics.h"
+#include "rome_collapse/io/text_file.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
-#include "rome_collapse/util/run_guard.h"
 #include "rome_collapse/util/progress.h"
+#include "rome_collapse/util/run_guard.h"
 
 namespace rc::cli {
 namespace {

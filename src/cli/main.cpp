@@ -7,7 +7,7 @@
 
 #include "commands.h"
 #include "process.h"
-#include "rome_collapse/rome/config_schema.h"
+#include "rome_collapse/experiment/config_schema.h"
 #include "rome_collapse/rome/hparams.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"

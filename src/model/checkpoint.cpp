@@ -9,8 +9,8 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/model/architecture.h"
-#include "rome_collapse/model/safetensors.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/json.h"

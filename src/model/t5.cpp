@@ -10,7 +10,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/model/seq2seq_lm.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"

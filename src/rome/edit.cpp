@@ -3,12 +3,12 @@
 #include <ATen/ATen.h>
 
 #include "rome_collapse/eval/edit_metrics.h"
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/io/text_file.h"
 #include "rome_collapse/model/device_memory.h"
 #include "rome_collapse/rome/convergence.h"
-#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/rome/hparams_import.h"
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"

@@ -3,7 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/model/loaded_model.h"
 
 namespace rc {
 namespace {

@@ -63,10 +63,4 @@ void check_template_spec(const TemplateSpec& spec, const std::string& where) {
   check_count(total, 1, limits::kMaxTemplates, gwhere + ": number of templates (1 + the samples)");
 }
 
-void check_text_size(const std::string& text, const std::string& where) {
-  if (text.size() > limits::kMaxTextBytes)
-    throw InputError(where + ": " + std::to_string(text.size()) + " bytes, above the bound of " +
-                     std::to_string(limits::kMaxTextBytes) + " bytes (\"" + excerpt(text, 40) + "\")");
-}
-
 }  // namespace rc

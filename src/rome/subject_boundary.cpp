@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/request.h"
+#include "rome_collapse/io/request.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {

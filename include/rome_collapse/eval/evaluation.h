@@ -14,8 +14,8 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "rome_collapse/eval/dataset.h"
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/io/dataset.h"
+#include "rome_collapse/model/loaded_model.h"
 
 namespace rc {
 

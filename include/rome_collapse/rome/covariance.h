@@ -7,6 +7,7 @@
 #include <string>
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
 
 namespace rc {
 
@@ -28,5 +29,12 @@ struct SecondMoment {
 // key's size is not F (statistics of another model or layer); NumericError for a singular or
 // indefinite C (a pivot ≤ F·ε·max diag C), naming the source and suggesting hparams.mom2_ridge.
 at::Tensor solve_second_moment(const SecondMoment& moment, const at::Tensor& key, double ridge);
+
+inline constexpr char kSecondMomentConstructor[] = "rome_collapse.SecondMoment";
+
+// ROME's layout: mom2.mom2 [F, F], mom2.count, mom2.constructor, sample_size.
+SecondMoment read_second_moment_npz(const std::filesystem::path& path);
+void write_second_moment_npz(const std::filesystem::path& path, const at::Tensor& mom2_sum, int64_t count,
+                             int64_t sample_size, at::ScalarType stored_dtype = at::kFloat);
 
 }  // namespace rc

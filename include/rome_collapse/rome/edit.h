@@ -13,10 +13,10 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/io/request.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/covariance.h"
 #include "rome_collapse/rome/hparams.h"
-#include "rome_collapse/rome/loaded_model.h"
-#include "rome_collapse/rome/request.h"
 #include "rome_collapse/rome/templates.h"
 #include "rome_collapse/rome/update.h"
 #include "rome_collapse/rome/value.h"

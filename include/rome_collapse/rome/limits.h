@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "rome_collapse/rome/hparams.h"
+#include "rome_collapse/util/limits.h"
 
 namespace rc {
 
@@ -20,7 +21,6 @@ constexpr int64_t kMaxTemplates = 256;           // context templates, given or 
 constexpr int64_t kMaxTemplateTokens = 1'024;    // length of a generated template (paper: 5 and 10)
 constexpr int64_t kMaxSeedWords = 100;           // context_templates.generate.seed_words (paper: 5)
 constexpr int64_t kMaxTopK = 1'000'000;          // context_templates.generate.top_k
-constexpr size_t kMaxTextBytes = 256 * 1024;     // a prompt, subject, target, template or text, before tokenizing
 constexpr double kMaxFactor = 1e6;               // clamp_norm_factor, v_lr, v_weight_decay, kl_factor, mom2_ridge
 }  // namespace limits
 
@@ -31,8 +31,5 @@ void check_hparams(const RomeHparams& hparams, const std::string& where);
 
 // Template counts and lengths within the bounds (given templates and the generation settings).
 void check_template_spec(const TemplateSpec& spec, const std::string& where);
-
-// A text from an input within kMaxTextBytes; checked before it is tokenized.
-void check_text_size(const std::string& text, const std::string& where);
 
 }  // namespace rc

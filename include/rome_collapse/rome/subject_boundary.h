@@ -11,7 +11,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "rome_collapse/rome/request.h"
+#include "rome_collapse/io/request.h"
 #include "rome_collapse/text/tokenizer.h"
 
 namespace rc {

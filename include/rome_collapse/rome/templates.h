@@ -7,7 +7,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/model/loaded_model.h"
 
 namespace rc {
 

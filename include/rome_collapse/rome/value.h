@@ -9,9 +9,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "rome_collapse/io/request.h"
 #include "rome_collapse/model/causal_lm.h"
 #include "rome_collapse/rome/hparams.h"
-#include "rome_collapse/rome/request.h"
 #include "rome_collapse/text/tokenizer.h"
 
 namespace rc {

@@ -13,7 +13,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "rome_collapse/rome/request.h"
+#include "rome_collapse/io/request.h"
 
 namespace rc {
 

@@ -1,4 +1,4 @@
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/io/npz.h"
 
 #include <algorithm>
 #include <cmath>
@@ -310,52 +310,6 @@ void write_npz(const std::filesystem::path& path, const std::map<std::string, st
     }
     if (zip_close(archive) != 0) fail("write failed (disk full?)");
   });
-}
-
-SecondMoment read_second_moment_npz(const std::filesystem::path& path) {
-  auto members = read_npz(path);
-  const std::string file = path.string();
-  for (const char* key : {"mom2.mom2", "mom2.count"})
-    if (!members.count(key))
-      fail_input(file, std::string("missing member '") + key +
-                           "' (expected ROME's layout: mom2.mom2, mom2.count, mom2.constructor, sample_size)");
-  auto scalar = [&](const char* key) {
-    const NpyArray& array = members.at(key);
-    if (array.numel() != 1) throw InputError(array.where + ": expected a single integer, shape has " +
-                                             std::to_string(array.numel()) + " elements");
-    at::Tensor value = array.tensor();
-    if (at::isFloatingType(value.scalar_type())) {
-      const double v = value.to(at::kDouble).item<double>();
-      if (v != std::floor(v) || !(std::fabs(v) < 9.0e18))  // also NaN and values no int64 holds
-        throw InputError(array.where + ": expected an integer, found " + std::to_string(v));
-    }
-    return value.to(at::kLong).reshape({}).item<int64_t>();
-  };
-  SecondMoment moment;
-  moment.source = file;
-  moment.sha256 = sha256_file(path);
-  const NpyArray& mom2 = members.at("mom2.mom2");
-  const at::Tensor values = mom2.tensor();
-  if (!at::isFloatingType(values.scalar_type()))
-    throw InputError(mom2.where + ": expected a float32/float64 matrix, found dtype '" + mom2.descr + "'");
-  if (values.dim() != 2 || values.size(0) != values.size(1))
-    throw InputError(mom2.where + ": must be a square [F, F] matrix, found shape " + std::string(c10::str(values.sizes())));
-  moment.mom2 = values.to(at::kDouble);
-  if (!at::isfinite(moment.mom2).all().item<bool>()) throw InputError(mom2.where + ": has NaN or Inf");
-  moment.count = scalar("mom2.count");
-  if (moment.count <= 0)
-    throw InputError(members.at("mom2.count").where + ": must be positive, found " + std::to_string(moment.count));
-  if (members.count("mom2.constructor")) moment.constructor = members.at("mom2.constructor").string();
-  if (members.count("sample_size")) moment.sample_size = scalar("sample_size");
-  return moment;
-}
-
-void write_second_moment_npz(const std::filesystem::path& path, const at::Tensor& mom2_sum, int64_t count,
-                             int64_t sample_size, at::ScalarType stored_dtype) {
-  write_npz(path, {{"mom2.mom2", serialize_npy(mom2_sum.to(stored_dtype))},
-                   {"mom2.count", serialize_npy(at::scalar_tensor(count, at::kLong))},
-                   {"mom2.constructor", serialize_npy_string(kSecondMomentConstructor)},
-                   {"sample_size", serialize_npy(at::scalar_tensor(sample_size, at::kLong))}});
 }
 
 }  // namespace rc

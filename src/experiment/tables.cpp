@@ -1,4 +1,4 @@
-#include "rome_collapse/report/tables.h"
+#include "rome_collapse/experiment/tables.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "rome_collapse/rome/check.h"
+#include "rome_collapse/analysis/check.h"
 
 #include <chrono>
 #include <cmath>
@@ -8,8 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/rome/hparams_import.h"
-#include "rome_collapse/rome/npz.h"
 #include "rome_collapse/rome/update.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"

@@ -1,4 +1,4 @@
-#include "rome_collapse/rome/builtin_model.h"
+#include "rome_collapse/model/builtin_model.h"
 
 #include <map>
 #include <set>

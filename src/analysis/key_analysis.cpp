@@ -1,4 +1,4 @@
-#include "rome_collapse/rome/key_analysis.h"
+#include "rome_collapse/analysis/key_analysis.h"
 
 #include <algorithm>
 #include <chrono>
@@ -9,7 +9,7 @@
 #include <ATen/ATen.h>
 #include <Eigen/Dense>
 
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/io/npz.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/progress.h"

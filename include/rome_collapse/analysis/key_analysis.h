@@ -31,7 +31,7 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/check.h"
+#include "rome_collapse/analysis/check.h"
 
 namespace rc {
 

@@ -5,7 +5,7 @@
 #include <memory>
 #include <string>
 
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/model/loaded_model.h"
 
 namespace rc {
 

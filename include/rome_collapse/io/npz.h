@@ -9,8 +9,6 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "rome_collapse/rome/covariance.h"
-
 namespace rc {
 
 struct NpyArray {
@@ -37,12 +35,5 @@ std::map<std::string, NpyArray> read_npz(const std::filesystem::path& path);
 // name order, atomically (temporary file, fsync, rename), so the same content always gives the same
 // bytes. np.load reads the result; Zip64 records are written where sizes need them (libzip).
 void write_npz(const std::filesystem::path& path, const std::map<std::string, std::string>& members);
-
-inline constexpr char kSecondMomentConstructor[] = "rome_collapse.SecondMoment";
-
-// ROME's layout: mom2.mom2 [F, F], mom2.count, mom2.constructor, sample_size.
-SecondMoment read_second_moment_npz(const std::filesystem::path& path);
-void write_second_moment_npz(const std::filesystem::path& path, const at::Tensor& mom2_sum, int64_t count,
-                             int64_t sample_size, at::ScalarType stored_dtype = at::kFloat);
 
 }  // namespace rc

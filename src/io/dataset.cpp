@@ -1,4 +1,4 @@
-#include "rome_collapse/eval/dataset.h"
+#include "rome_collapse/io/dataset.h"
 
 #include <set>
 

@@ -1,4 +1,4 @@
-#include "rome_collapse/eval/text_file.h"
+#include "rome_collapse/io/text_file.h"
 
 #include <sstream>
 

@@ -1,4 +1,4 @@
-#include "rome_collapse/model/safetensors.h"
+#include "rome_collapse/io/safetensors.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,11 +1,11 @@
-#include "rome_collapse/rome/loaded_model.h"
+#include "rome_collapse/model/loaded_model.h"
 
 #include <filesystem>
 
 #include <ATen/ATen.h>
 
+#include "rome_collapse/model/builtin_model.h"
 #include "rome_collapse/model/hub_cache.h"
-#include "rome_collapse/rome/builtin_model.h"
 #include "rome_collapse/util/error.h"
 
 namespace rc {

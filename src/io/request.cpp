@@ -1,9 +1,9 @@
-#include "rome_collapse/rome/request.h"
+#include "rome_collapse/io/request.h"
 
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/rome/limits.h"
 #include "rome_collapse/util/error.h"
+#include "rome_collapse/util/limits.h"
 
 namespace rc {
 

@@ -16,12 +16,12 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/io/request_file.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/covariance.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/key_source.h"
 #include "rome_collapse/rome/keys.h"
-#include "rome_collapse/rome/loaded_model.h"
-#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/progress.h"
 
 namespace rc {

@@ -1,10 +1,10 @@
-#include "rome_collapse/rome/request_file.h"
+#include "rome_collapse/io/request_file.h"
 
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 
-#include "rome_collapse/eval/dataset.h"
+#include "rome_collapse/io/dataset.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/json.h"

@@ -1,9 +1,10 @@
-#include "rome_collapse/rome/key_statistics.h"
+#include "rome_collapse/analysis/key_statistics.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include "rome_collapse/rome/npz.h"
+#include "rome_collapse/io/npz.h"
+#include "rome_collapse/rome/covariance.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/json.h"
 #include "rome_collapse/util/run_guard.h"

@@ -2,13 +2,13 @@
 // config, model names, and hyper-parameters in any of the accepted notations (hparams_import.h).
 #include <algorithm>
 
+#include "rome_collapse/experiment/config_schema.h"
+#include "rome_collapse/io/request_file.h"
 #include "rome_collapse/model/hub_cache.h"
-#include "rome_collapse/rome/config_schema.h"
+#include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/limits.h"
-#include "rome_collapse/rome/loaded_model.h"
-#include "rome_collapse/rome/request_file.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
