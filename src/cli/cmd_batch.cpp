@@ -494,14 +494,12 @@ int run_batch(const BatchArgs& args) {
         const std::string bare = fill_placeholder(record->request.prompt, record->request.subject);
         if (!pre) pre = score_record(loaded, *record, bare, run.settings.evaluation);
         const EditConfig config = edit_config_for(*record);
-        const std::string efficacy_prompt =
-            method == EditMethod::CRomePrefix ? fill_placeholder(test_time_prefix(context.templates, record->position), bare)
-                                              : bare;
+        const std::string scored_prompt = efficacy_prompt(record->request, method, context.templates, record->position);
         EditOutcome outcome;
         RecordScores post;
         try {
           outcome = run_edit(loaded, config, record->request, method, context, options);
-          post = score_record(loaded, *record, efficacy_prompt, run.settings.evaluation);
+          post = score_record(loaded, *record, scored_prompt, run.settings.evaluation);
         } catch (...) {
           loaded.model->set_rewrite_weight(layer, original_weight);
           throw;
@@ -535,12 +533,10 @@ int run_batch(const BatchArgs& args) {
           ++step;
           continue;
         }
-        const std::string efficacy_prompt =
-            method == EditMethod::CRomePrefix ? fill_placeholder(test_time_prefix(context.templates, record->position), bare)
-                                              : bare;
+        const std::string scored_prompt = efficacy_prompt(record->request, method, context.templates, record->position);
         const RecordScores pre = score_record(loaded, *record, bare, run.settings.evaluation);
         EditOutcome outcome = run_edit(loaded, config, record->request, method, context, options);
-        const RecordScores post = score_record(loaded, *record, efficacy_prompt, run.settings.evaluation);
+        const RecordScores post = score_record(loaded, *record, scored_prompt, run.settings.evaluation);
         record_line(*record, method, outcome, pre, post, step++);
       }
     }

@@ -72,6 +72,12 @@ std::string test_time_prefix(const std::vector<std::string>& templates, int64_t 
   return templates[1 + index % static_cast<int64_t>(templates.size() - 1)];
 }
 
+std::string efficacy_prompt(const Request& request, EditMethod method, const std::vector<std::string>& templates,
+                            int64_t prefix_index) {
+  const std::string bare = fill_placeholder(request.prompt, request.subject);
+  return method == EditMethod::CRomePrefix ? fill_placeholder(test_time_prefix(templates, prefix_index), bare) : bare;
+}
+
 EditContext prepare_edit_context(const LoadedModel& loaded, const EditConfig& config) {
   EditContext context;
   context.templates = resolve_templates(loaded, config.templates);
@@ -179,12 +185,10 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   // Metrics with ΔW applied; W is restored afterwards (bit for bit: the original tensor is put back).
   begin_phase();
   const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
-  std::string efficacy_prompt = bare_prompt;
-  if (method == EditMethod::CRomePrefix)
-    efficacy_prompt = fill_placeholder(test_time_prefix(context.templates, config.prefix_index), bare_prompt);
+  const std::string scored_prompt = efficacy_prompt(request, method, context.templates, config.prefix_index);
   std::optional<double> target_nll_before, target_nll_after, efficacy;  // for the convergence verdict
   if (options.evaluate)
-    target_nll_before = -score_target(model, tokenizer, loaded.add_bos, efficacy_prompt, request.target_new).mean_logprob;
+    target_nll_before = -score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
   loaded.model->set_rewrite_weight(hp.layer, original_weight + delta_weight);
   try {
     if (options.evaluate) {
@@ -204,9 +208,9 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
           request.target_true.empty()
               ? nlohmann::json(nullptr)
               : nlohmann::json(score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_true).mean_logprob);
-      const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, efficacy_prompt, request.target_new);
+      const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new);
       result["efficacy"] = efficacy_score.token_accuracy;
-      result["efficacy_prompt"] = efficacy_prompt;
+      result["efficacy_prompt"] = scored_prompt;
       efficacy = efficacy_score.token_accuracy;
       target_nll_after = -efficacy_score.mean_logprob;
     }
