@@ -5,7 +5,7 @@
 # Usage: scripts/check-layers.sh [ROOT]   (ROOT: a source tree, default this checkout)
 set -euo pipefail
 root="${1:-$(cd "$(dirname "$0")/.." && pwd)}"
-layers=(util io text model eval rome analysis experiment cli)
+layers=(util io text model eval rome experiment analysis cli)
 
 rank() {  # the position of layer $1 in the list, or -1
   local i
