@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "rome_collapse/analysis/key_statistics_run.h"
+
 namespace rc::cli {
 
 // Exit codes shared by every command.
@@ -72,18 +74,8 @@ struct KeysArgs {
 };
 int run_keys_command(const KeysArgs& args);
 
-struct StatsArgs {
-  ModelArgs model;                  // model.dtype: compute dtype (--compute-dtype)
-  int64_t layer = -1;
-  std::vector<std::string> corpus;  // text files (read_texts formats), in order
-  int64_t samples = 0;              // 0: every text
-  int64_t max_length = 0;           // 0: the model's context
-  int64_t batch_size = 0;           // 0: 1 on cpu, 16 on cuda
-  std::string dtype = "float32";    // stored dtype of mom2.mom2
-  int64_t checkpoint_every = 200;   // texts between checkpoints
-  int64_t stop_after_texts = 0;     // hidden, for tests: behave as if interrupted after this many texts
-  std::string out;
-};
+// The options of `stats` are those of the run itself (analysis/key_statistics_run.h).
+using StatsArgs = KeyStatisticsRun;
 int run_stats(const StatsArgs& args);
 
 struct BatchArgs {

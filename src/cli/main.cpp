@@ -150,11 +150,11 @@ int run_command(int argc, char** argv) {
   rc::cli::StatsArgs stats_args;
   auto* stats = app.add_subcommand(
       "stats", "second moment C of a layer's rewrite-module inputs over a corpus (ROME's .npz, resumable)");
-  stats->add_option("--model", stats_args.model.model, "Hugging Face directory or llama2.c checkpoint")->required();
-  stats->add_option("--tokenizer", stats_args.model.tokenizer,
+  stats->add_option("--model", stats_args.model, "Hugging Face directory or llama2.c checkpoint")->required();
+  stats->add_option("--tokenizer", stats_args.tokenizer,
                     "tokenizer directory or file (default: the model's directory)");
   stats->add_flag_function(
-      "--add-bos,!--no-bos", [&stats_args](int64_t count) { stats_args.model.add_bos = count > 0; },
+      "--add-bos,!--no-bos", [&stats_args](int64_t count) { stats_args.add_bos = count > 0; },
       "prepend BOS to every text (default: the tokenizer's convention)");
   stats->add_option("--layer", stats_args.layer, "layer L whose MLP output projection's inputs are collected")
       ->required()->check(CLI::NonNegativeNumber);
@@ -167,15 +167,15 @@ int run_command(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   stats->add_option("--batch-size", stats_args.batch_size, "texts per forward pass (default: 1 on cpu, 16 on cuda)")
       ->check(CLI::Range(int64_t{1}, int64_t{4096}));
-  stats->add_option("--storage-dtype", stats_args.dtype, "stored dtype of mom2.mom2 (default float32, as ROME publishes)")
+  stats->add_option("--storage-dtype", stats_args.storage_dtype, "stored dtype of mom2.mom2 (default float32, as ROME publishes)")
       ->check(CLI::IsMember({"float32", "float64"}));
   std::string stats_old_dtype;  // --dtype meant the storage dtype here, the compute dtype everywhere else
   stats->add_option("--dtype", stats_old_dtype)->group("");
   stats->add_option("--checkpoint-every", stats_args.checkpoint_every,
                     "write the resumable <out>.partial.npz every K texts (default 200)")
       ->check(CLI::PositiveNumber);
-  stats->add_option("--device", stats_args.model.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  stats->add_option("--compute-dtype", stats_args.model.dtype, "dtype of the forward pass (default float32)")
+  stats->add_option("--device", stats_args.device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  stats->add_option("--compute-dtype", stats_args.compute_dtype, "dtype of the forward pass (default float32)")
       ->check(CLI::IsMember({"float32", "float64", "bfloat16", "float16"}));
   add_threads_option(stats, threads);
   stats->add_option("--stop-after-texts", stats_args.stop_after_texts)->group("");  // tests: simulated interruption

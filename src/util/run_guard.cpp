@@ -233,4 +233,27 @@ const char* StopSignalScope::name(int signal) {
   return signal == SIGINT ? "SIGINT" : signal == SIGTERM ? "SIGTERM" : "a signal";
 }
 
+// ---- resumable runs ----------------------------------------------------------------------------
+
+ResumableRun::ResumableRun(const fs::path& lock_file, const std::string& what, const fs::path& temporaries_dir)
+    : lock_(lock_file, what) {
+  remove_stale_temporaries(temporaries_dir);
+}
+
+void ResumableRun::watch_signals() {
+  if (!signals_) signals_.emplace();
+}
+
+bool ResumableRun::stop_requested(int64_t done, int64_t limit) const {
+  return signal() != 0 || (limit > 0 && done >= limit);
+}
+
+int ResumableRun::signal() const { return signals_ ? StopSignalScope::received() : 0; }
+
+std::string ResumableRun::stop_cause(const std::string& limit_name) const {
+  return signal() != 0 ? StopSignalScope::name(signal()) : limit_name;
+}
+
+int ResumableRun::stop_exit_code(int limit_exit) const { return signal() != 0 ? 128 + signal() : limit_exit; }
+
 }  // namespace rc

@@ -1,9 +1,11 @@
 #pragma once
 // What keeps a resumable run (`batch` into a directory, `stats` into a file) from mixing: one
 // process at a time (RunLock), the same inputs as the run it resumes (input_fingerprint), and a
-// clean stop on SIGINT/SIGTERM (StopSignalScope).
+// clean stop on SIGINT/SIGTERM (StopSignalScope); ResumableRun puts them together for both.
 #include <csignal>
+#include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -60,6 +62,33 @@ class StopSignalScope {
 
  private:
   struct sigaction previous_int_ {}, previous_term_ {};
+};
+
+// One resumable run, the same for `batch` and `stats`: its output locked (RunLock), the
+// temporaries a killed run left removed, and, once watch_signals() is called, SIGINT/SIGTERM
+// turned into a stop request that the run checks between units of work (a record, a batch of
+// texts). A stopped run is resumed by running the same command again.
+class ResumableRun {
+ public:
+  // `what` names the output in messages ("batch directory out/"); `temporaries_dir` is where the
+  // output's temporary files live.
+  ResumableRun(const std::filesystem::path& lock_file, const std::string& what,
+               const std::filesystem::path& temporaries_dir);
+
+  // From here until destruction a signal is a stop request (a second one ends the process).
+  void watch_signals();
+  // Whether to stop after the unit just done: a signal came, or `done` reached `limit` (limit > 0).
+  bool stop_requested(int64_t done, int64_t limit) const;
+  // The signal received while watching, or 0.
+  int signal() const;
+  // "SIGINT" / "SIGTERM" after a signal, else `limit_name` (the flag that set the limit).
+  std::string stop_cause(const std::string& limit_name) const;
+  // The exit status of a stopped run: 128 + the signal, or `limit_exit` when the limit stopped it.
+  int stop_exit_code(int limit_exit) const;
+
+ private:
+  RunLock lock_;
+  std::optional<StopSignalScope> signals_;
 };
 
 }  // namespace rc
