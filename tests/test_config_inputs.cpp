@@ -90,6 +90,26 @@ TEST(ConfigSchema, AllUnknownFieldsInOneMessageWithTheClosestName) {
                            {"h: unknown fields: \"kl_factr\" (did you mean \"kl_factor\"?), \"v_lrr\" (did you mean \"v_lr\"?)"});
 }
 
+TEST(ConfigSchema, UnknownNestedFieldsJoinTheTopLevelOnesInOneMessage) {
+  const json config = {{"modle", "m"},
+                       {"dataset", {{"path", "d.json"}, {"fromat", "auto"}}},
+                       {"evaluation", {{"max_lenght", 5}}},
+                       {"perplexity", {{"texts", "t.txt"}, {"batch_sise", 2}}},
+                       {"cases", {{"start", 0}, {"stpo", 3}}}};
+  test::expect_input_error([&] { check_config_fields(config, "b.json"); },
+                           {"b.json: unknown field \"modle\" (did you mean \"model\"?)",
+                            "; b.json: dataset: unknown field \"fromat\" (did you mean \"format\"?)",
+                            "; b.json: evaluation: unknown field \"max_lenght\" (did you mean \"max_length\"?)",
+                            "; b.json: perplexity: unknown field \"batch_sise\" (did you mean \"batch_size\"?)",
+                            "; b.json: cases: unknown field \"stpo\" (did you mean \"stop\"?)"});
+  // Known fields at every level, and a dataset given as a plain path, pass.
+  EXPECT_NO_THROW(check_config_fields(json{{"model", "m"},
+                                           {"dataset", "d.json"},
+                                           {"evaluation", {{"max_length", 5}}},
+                                           {"cases", {{"start", 0}, {"stop", 3}}}},
+                                      "b.json"));
+}
+
 TEST(ConfigSchema, EveryFieldAnHparamsFileCannotHonourIsListedOnce) {
   const json hparams = {{"layers", {5, 6}}, {"fact_token", "subject_first"}, {"alg_name", "MEMIT"},
                         {"fp16", true},     {"v_lr", 0.1},                   {"mom2_n_sample", 10}};

@@ -3,10 +3,13 @@
 // one file can be pre-checked (check), analysed (keys), tried (edit) and run (batch). A field a
 // command does not use is accepted and ignored; an unknown field is refused (all of them in one
 // message, each with the closest known name). Field list, defaults and help live here once; the
-// help text starts with the commands that use the field.
+// help text starts with the commands that use the field. The objects nested in it (dataset,
+// evaluation, perplexity, a cases range) are declared the same way below, and
+// check_config_fields reports the unknown fields of every level together.
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -69,5 +72,55 @@ struct ConfigFile {
     visit("perplexity_selection", perplexity_selection, "[batch] which perplexity texts to use");
   }
 };
+
+// "dataset": {...} (batch; check, keys and edit --case-id read its path).
+struct DatasetField {
+  std::string path;
+  std::string format = "auto";
+
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("path", path, "request / dataset file, relative to the config");
+    visit("format", format, "auto, counterfact-rome, easyedit or zsre-rome");
+  }
+};
+
+// "evaluation": {...} (batch).
+struct EvaluationField {
+  std::optional<int64_t> max_length;
+
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("max_length", max_length, "EasyEdit's generation length of the evaluation (default 40)");
+  }
+};
+
+// "perplexity": {...} (edit, batch).
+struct PerplexityField {
+  std::string texts;
+  int64_t batch_size = 10;
+
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("texts", texts, "text file of the perplexity (ME-PPL JSON, JSONL \"text\", or plain lines)");
+    visit("batch_size", batch_size, "texts per forward pass, 1 to 4096");
+  }
+};
+
+// "cases": {"start", "stop"} (batch): dataset positions, stop exclusive.
+struct CaseRangeField {
+  std::optional<int64_t> start, stop;
+
+  template <class Visit>
+  void visit_fields(Visit&& visit) {
+    visit("start", start, "first position (default 0)");
+    visit("stop", stop, "position after the last (default: the dataset's end)");
+  }
+};
+
+// Every unknown field of a config, top level and nested objects, in one InputError ("c.json:
+// unknown field \"modle\" (did you mean \"model\"?); dataset: unknown field ..."); a ROME /
+// EasyEdit hparams file given as the config gets a hint to pass it as hparams instead.
+void check_config_fields(const nlohmann::json& config, const std::string& source);
 
 }  // namespace rc
