@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "rome_collapse/experiment/batch_config.h"
 #include "rome_collapse/io/request_file.h"
 #include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/rome/edit.h"
@@ -135,19 +136,9 @@ int run_edit_command(const EditArgs& args) {
   if (args.layer >= 0) overrides.layer = args.layer;
   EditConfig config = parse_edit_config(document, overrides);
   const std::vector<EditRequest> requests = edit_requests(args, document, config);
-  std::vector<EditMethod> methods;
-  const nlohmann::json& raw = document.json;
-  if (raw.contains("methods") && !raw["methods"].is_null()) {
-    if (raw.contains("method")) throw InputError(config.source + ": give either \"method\" or \"methods\"");
-    if (!raw["methods"].is_array() || raw["methods"].empty())
-      throw InputError(config.source + ": methods: expected a non-empty list");
-    for (const auto& m : raw["methods"]) {
-      if (!m.is_string()) throw InputError(config.source + ": methods: expected strings");
-      methods.push_back(parse_method(m.get<std::string>(), config.source + ": methods"));
-    }
-  } else {
-    methods.push_back(config.method);
-  }
+  // A comparison may name a method twice (batch, which keys results by method, may not).
+  const std::vector<EditMethod> methods =
+      parse_method_list(document.json, config.method, config.source, /*repeats_allowed=*/true);
   const bool single = requests.size() == 1 && methods.size() == 1;
   if (!single && (!args.save_delta.empty() || !args.save_model.empty()))
     throw InputError("--save-delta and --save-model need one request and one method");
