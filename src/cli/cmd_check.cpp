@@ -1,36 +1,20 @@
 // `rome-collapse check`: the collapse guard. Keys and denominators only; exit 1 when a request's
 // ROME denominator is too small (absolutely or against C-ROME's), so CI can guard a set of edits.
-#include <algorithm>
 #include <iostream>
 
 #include "commands.h"
+#include "key_run_notes.h"
 #include "rome_collapse/analysis/check.h"
-#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 
 namespace rc::cli {
-namespace {
-
-// Subjects merged with punctuation are read as ROME reads them, with a warning (a few shown).
-void print_subject_boundary_warnings(const LoadedModel& loaded, const RequestSet& requests) {
-  const auto warnings =
-      subject_boundary_warnings(*loaded.tokenizer, loaded.add_bos, requests.requests, requests.ids, requests.source);
-  for (size_t i = 0; i < std::min<size_t>(warnings.size(), 5); ++i) std::cerr << "warning: " << warnings[i] << "\n";
-  if (warnings.size() > 5) std::cerr << "warning: ... and " << warnings.size() - 5 << " more such subjects\n";
-}
-
-}  // namespace
 
 int run_check_command(const CheckArgs& args) {
   if (!(args.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
   if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
-  for (const auto& why : setup.requests.skipped) std::cerr << "check: skipping " << why << "\n";
-  if (!setup.requests.skipped.empty())
-    std::cerr << "check: skipped " << setup.requests.skipped.size() << " of "
-              << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
-              << setup.requests.source << "\n";
+  print_skipped_requests("check", setup.requests);
   const EditConfig& config = setup.config;
   // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
   LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);

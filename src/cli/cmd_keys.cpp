@@ -1,28 +1,16 @@
 // `rome-collapse keys`: dumps the keys behind the collapse to .npz and runs the first-token
 // experiment (position shift vs real prefix), with a PCA projection for the figures.
-#include <algorithm>
 #include <iostream>
 
 #include "commands.h"
+#include "key_run_notes.h"
 #include "rome_collapse/analysis/key_analysis.h"
 #include "rome_collapse/io/npz.h"
-#include "rome_collapse/rome/subject_boundary.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/progress.h"
 
 namespace rc::cli {
-namespace {
-
-// Subjects merged with punctuation are read as ROME reads them, with a warning (a few shown).
-void print_subject_boundary_warnings(const LoadedModel& loaded, const RequestSet& requests) {
-  const auto warnings =
-      subject_boundary_warnings(*loaded.tokenizer, loaded.add_bos, requests.requests, requests.ids, requests.source);
-  for (size_t i = 0; i < std::min<size_t>(warnings.size(), 5); ++i) std::cerr << "warning: " << warnings[i] << "\n";
-  if (warnings.size() > 5) std::cerr << "warning: ... and " << warnings.size() - 5 << " more such subjects\n";
-}
-
-}  // namespace
 
 int run_keys_command(const KeysArgs& args) {
   KeyAnalysisOptions options;
@@ -30,11 +18,7 @@ int run_keys_command(const KeysArgs& args) {
   for (int64_t k : options.prefix_tokens)
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
   KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
-  for (const auto& why : setup.requests.skipped) std::cerr << "keys: skipping " << why << "\n";
-  if (!setup.requests.skipped.empty())
-    std::cerr << "keys: skipped " << setup.requests.skipped.size() << " of "
-              << setup.requests.skipped.size() + setup.requests.requests.size() << " records of "
-              << setup.requests.source << "\n";
+  print_skipped_requests("keys", setup.requests);
   const EditConfig& config = setup.config;
   // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
   LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
