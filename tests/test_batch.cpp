@@ -457,12 +457,13 @@ TEST(Batch, BadInputNamesFileAndField) {
 
   // Unknown fields of two nested objects: one error naming both, each with its closest name.
   config["dataset"]["fromat"] = "auto";
+  config["evaluation"] = {{"max_lenght", 40}};
   write_json(dir / "bad.json", config);
   result = test::run_cli("batch --config " + shell_quote(dir / "bad.json") + " --out " + shell_quote(dir / "out"));
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("dataset: unknown field \"fromat\" (did you mean \"format\"?); "), std::string::npos)
       << result.err;
-  EXPECT_NE(result.err.find("evaluation: unknown field \"max_len\" (did you mean \"max_length\"?)"), std::string::npos)
+  EXPECT_NE(result.err.find("evaluation: unknown field \"max_lenght\" (did you mean \"max_length\"?)"), std::string::npos)
       << result.err;
 }
 

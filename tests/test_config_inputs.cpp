@@ -102,6 +102,11 @@ TEST(ConfigSchema, UnknownNestedFieldsJoinTheTopLevelOnesInOneMessage) {
                             "; b.json: evaluation: unknown field \"max_lenght\" (did you mean \"max_length\"?)",
                             "; b.json: perplexity: unknown field \"batch_sise\" (did you mean \"batch_size\"?)",
                             "; b.json: cases: unknown field \"stpo\" (did you mean \"stop\"?)"});
+  // Every command reads its config through parse_edit_config, which reports them the same way.
+  test::expect_input_error(
+      [] { parse_edit_config(json{{"modle", "m"}, {"evaluation", {{"max_lenght", 5}}}}, "c.json", "."); },
+      {"c.json: unknown field \"modle\" (did you mean \"model\"?); c.json: evaluation: unknown field \"max_lenght\" "
+       "(did you mean \"max_length\"?)"});
   // Known fields at every level, and a dataset given as a plain path, pass.
   EXPECT_NO_THROW(check_config_fields(json{{"model", "m"},
                                            {"dataset", "d.json"},

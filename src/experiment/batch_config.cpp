@@ -113,7 +113,7 @@ EvaluationOptions read_evaluation(const EditConfig& config) {
 BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& base_dir) {
   const json& raw = config.raw;
   const std::string& source = config.source;
-  check_config_fields(raw, source);  // every unknown field, nested ones included, in one message
+  // parse_edit_config has refused every unknown field, nested ones included (check_config_fields).
   ConfigFile file;  // the top-level fields' types, as parse_edit_config read them
   read_fields(file, raw, source);
   BatchSettings s;

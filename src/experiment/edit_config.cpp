@@ -40,26 +40,6 @@ std::string resolve_model_path(const fs::path& base_dir, const std::string& valu
   return value;
 }
 
-// Unknown top-level fields, all in one message; a ROME/EasyEdit hparams file given as the
-// config gets a hint to pass it as hparams instead.
-void check_top_level_fields(const nlohmann::json& json, const std::string& source) {
-  const std::vector<std::string> known = field_names(ConfigFile{});
-  const std::vector<std::string> hparams_fields = known_hparams_fields();
-  std::vector<std::string> unknown;
-  size_t hparams_like = 0;
-  for (const auto& item : json.items())
-    if (std::find(known.begin(), known.end(), item.key()) == known.end()) {
-      unknown.push_back(item.key());
-      if (std::find(hparams_fields.begin(), hparams_fields.end(), item.key()) != hparams_fields.end()) ++hparams_like;
-    }
-  if (unknown.empty()) return;
-  std::string message = unknown_fields_message(source, unknown, known);
-  if (2 * hparams_like >= unknown.size())
-    message += "; this looks like a ROME / EasyEdit hparams file: pass it as `edit --hparams FILE` or "
-               "\"hparams\": \"FILE\" in a config";
-  throw InputError(message);
-}
-
 // Whether this machine and libtorch can run the config's device and dtype, with the file and the
 // field named (load_model would say it too, but without the config).
 void check_device_and_dtype(const std::string& device, const std::string& dtype, const std::string& source) {
@@ -118,9 +98,6 @@ void read_perplexity(EditConfig& config, const nlohmann::json& ppl, const Config
   const std::string& source = doc.source;
   if (!ppl.is_object() || !ppl.contains("texts") || !ppl["texts"].is_string())
     throw InputError(source + ": perplexity: expected {\"texts\": FILE, \"batch_size\": N}");
-  for (const auto& item : ppl.items())
-    if (item.key() != "texts" && item.key() != "batch_size")
-      throw InputError(unknown_fields_message(source + ": perplexity", {item.key()}, {"texts", "batch_size"}));
   config.perplexity_texts = resolve_path(doc.base_dir, ppl["texts"].get<std::string>());
   if (ppl.contains("batch_size")) {
     if (!ppl["batch_size"].is_number_integer() || ppl["batch_size"].get<int64_t>() < 1 ||
@@ -153,7 +130,7 @@ ConfigDocument read_config_document(const fs::path& path) {
 EditConfig parse_edit_config(const ConfigDocument& doc, const ConfigOverrides& overrides) {
   const std::string& source = doc.source;
   if (!doc.json.is_object()) throw InputError(source + ": expected an object of config fields");
-  check_top_level_fields(doc.json, source);
+  check_config_fields(doc.json, source);  // every unknown field, nested ones too, in one message
   ConfigFile file;
   read_fields(file, doc.json, source);
   EditConfig config;
