@@ -13,13 +13,11 @@ namespace rc::cli {
 int run_check_command(const CheckArgs& args) {
   if (!(args.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
   if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
-  KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
-  print_skipped_requests("check", setup.requests);
+  KeyRun run = start_key_run("check", args.config, args.requests);
+  const KeyRunSetup& setup = run.setup;
   const EditConfig& config = setup.config;
-  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
-  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
-  KeyRunContext context = prepare_key_run(loaded, config);
-  print_subject_boundary_warnings(loaded, setup.requests);
+  LoadedModel& loaded = run.loaded;
+  const KeyRunContext& context = run.context;
   CheckThresholds thresholds;
   thresholds.min_abs_denominator = args.min_abs_denominator;
   thresholds.min_ratio = args.min_ratio;

@@ -17,13 +17,11 @@ int run_keys_command(const KeysArgs& args) {
   if (!args.prefix_tokens.empty()) options.prefix_tokens = args.prefix_tokens;
   for (int64_t k : options.prefix_tokens)
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
-  KeyRunSetup setup = read_key_run_setup(args.config, args.requests);
-  print_skipped_requests("keys", setup.requests);
+  KeyRun run = start_key_run("keys", args.config, args.requests);
+  const KeyRunSetup& setup = run.setup;
   const EditConfig& config = setup.config;
-  // T5 folders load as encoder-decoder models: the keys are its encoder MLP's.
-  LoadedModel loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
-  KeyRunContext context = prepare_key_run(loaded, config);
-  print_subject_boundary_warnings(loaded, setup.requests);
+  LoadedModel& loaded = run.loaded;
+  const KeyRunContext& context = run.context;
   ProgressReporter progress("keys", 0, "prompts");
   options.progress = &progress;
   KeyAnalysis analysis = analyze_keys(loaded, config, setup.requests, context, options);

@@ -21,4 +21,15 @@ void print_subject_boundary_warnings(const LoadedModel& loaded, const RequestSet
   if (warnings.size() > 5) std::cerr << "warning: ... and " << warnings.size() - 5 << " more such subjects\n";
 }
 
+KeyRun start_key_run(const std::string& command, const std::string& config_file, const std::string& requests_file) {
+  KeyRun run;
+  run.setup = read_key_run_setup(config_file, requests_file);
+  print_skipped_requests(command, run.setup.requests);
+  const EditConfig& config = run.setup.config;
+  run.loaded = load_key_model(config.model, config.tokenizer, config.add_bos, config.device, config.dtype);
+  run.context = prepare_key_run(run.loaded, config);
+  print_subject_boundary_warnings(run.loaded, run.setup.requests);
+  return run;
+}
+
 }  // namespace rc::cli

@@ -1,5 +1,6 @@
 #pragma once
-// What check and keys say on stderr about the requests they read, said the same way by both.
+// The start check and keys share: config and requests read, model loaded, templates prepared, and
+// what they say on stderr about the requests, said the same way by both.
 #include <string>
 
 #include "rome_collapse/analysis/check.h"
@@ -11,5 +12,15 @@ void print_skipped_requests(const std::string& command, const RequestSet& reques
 
 // Subjects merged with punctuation are read as ROME reads them, with a warning (a few shown).
 void print_subject_boundary_warnings(const LoadedModel& loaded, const RequestSet& requests);
+
+struct KeyRun {
+  KeyRunSetup setup;
+  LoadedModel loaded;
+  KeyRunContext context;
+};
+
+// `command` ("check", "keys") starts its messages. T5 folders load as encoder-decoder models: the
+// keys are its encoder MLP's.
+KeyRun start_key_run(const std::string& command, const std::string& config_file, const std::string& requests_file);
 
 }  // namespace rc::cli
