@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/model/captured_step.h"
 #include "rome_collapse/rome/edit.h"
 #include "support/golden.h"

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/npz.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/update.h"
