@@ -227,11 +227,11 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
         owner.push_back(q);
       }
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
-      analysis.forward_passes += captured.forward_passes;
+      CollectedKeys collected = collect_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
+      analysis.forward_passes += collected.forward_passes;
       for (size_t row = 0; row < rows.size(); ++row) {
         RequestKeys& r = analysis.requests[first_indices[owner[row]]];
-        r.template_token_key = cpu_double(captured.keys[static_cast<int64_t>(row)]);
+        r.template_token_key = cpu_double(collected.keys[static_cast<int64_t>(row)]);
         r.template_token_fraction_closed =
             fraction_closed(distance(r.template_token_key, cpu_double(r.keys.prefixed_key_mean)), r.stats.unprefixed_distance);
       }
@@ -273,9 +273,9 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     }
     at::Tensor prefix_keys;
     if (!rows.empty()) {
-      CapturedKeys captured = capture_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
-      analysis.forward_passes += captured.forward_passes;
-      prefix_keys = cpu_double(captured.keys);
+      CollectedKeys collected = collect_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
+      analysis.forward_passes += collected.forward_passes;
+      prefix_keys = cpu_double(collected.keys);
     }
     for (size_t q = 0; q < first_requests.size(); ++q) {
       RequestKeys& r = analysis.requests[first_indices[q]];

@@ -8,6 +8,7 @@
 
 #include "commands.h"
 #include "rome_collapse/experiment/batch_config.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/request_file.h"
 #include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/rome/edit.h"

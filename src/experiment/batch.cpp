@@ -15,6 +15,7 @@
 #include "rome_collapse/eval/evaluation.h"
 #include "rome_collapse/eval/perplexity.h"
 #include "rome_collapse/experiment/batch_config.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/experiment/journal.h"
 #include "rome_collapse/experiment/tables.h"
 #include "rome_collapse/io/dataset.h"
