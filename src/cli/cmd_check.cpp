@@ -11,16 +11,14 @@
 namespace rc::cli {
 
 int run_check_command(const CheckArgs& args) {
-  if (!(args.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
-  if (!(args.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
+  const CheckThresholds& thresholds = args.thresholds;
+  if (!(thresholds.min_abs_denominator >= 0)) throw InputError("--min-abs-denominator: expected a non-negative number");
+  if (!(thresholds.min_ratio >= 0)) throw InputError("--min-ratio: expected a non-negative number");
   KeyRun run = start_key_run("check", args.config, args.requests);
   const KeyRunSetup& setup = run.setup;
   const EditConfig& config = setup.config;
   LoadedModel& loaded = run.loaded;
   const KeyRunContext& context = run.context;
-  CheckThresholds thresholds;
-  thresholds.min_abs_denominator = args.min_abs_denominator;
-  thresholds.min_ratio = args.min_ratio;
   ProgressReporter progress("check", static_cast<int64_t>(setup.requests.requests.size() * context.templates.size()),
                             "prompts");
   CheckReport report = run_check(loaded, config, setup.requests, context, thresholds, &progress);

@@ -13,8 +13,7 @@
 namespace rc::cli {
 
 int run_keys_command(const KeysArgs& args) {
-  KeyAnalysisOptions options;
-  if (!args.prefix_tokens.empty()) options.prefix_tokens = args.prefix_tokens;
+  KeyAnalysisOptions options = args.options;
   for (int64_t k : options.prefix_tokens)
     if (k < 1) throw InputError("--prefix-tokens: expected positive token counts, got " + std::to_string(k));
   KeyRun run = start_key_run("keys", args.config, args.requests);

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "rome_collapse/analysis/key_analysis.h"
 #include "rome_collapse/analysis/key_statistics_run.h"
 
 namespace rc::cli {
@@ -58,19 +59,18 @@ int run_edit_command(const EditArgs& args);
 
 struct CheckArgs {
   std::string config;
-  std::string requests;              // request file; empty: the config's requests
-  double min_abs_denominator = 0.0;  // |ROME denominator| below this fails (0: off)
-  double min_ratio = 0.5;            // |ROME| / |C-ROME| denominator below this fails
-  std::string json;                  // report file; empty: none
+  std::string requests;        // request file; empty: the config's requests
+  CheckThresholds thresholds;  // the defaults are check.h's
+  std::string json;            // report file; empty: none
 };
 int run_check_command(const CheckArgs& args);
 
 struct KeysArgs {
   std::string config;
   std::string requests;
-  std::string out;                     // .npz
-  std::string json;                    // analysis JSON; empty: none
-  std::vector<int64_t> prefix_tokens;  // empty: 1 2 4 8
+  std::string out;                  // .npz
+  std::string json;                 // analysis JSON; empty: none
+  KeyAnalysisOptions options;       // --prefix-tokens; the defaults are key_analysis.h's
 };
 int run_keys_command(const KeysArgs& args);
 

@@ -1,6 +1,7 @@
 // rome-collapse: command-line entry point. Parsing only; the commands live in cmd_*.cpp.
 #include <cstdlib>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <iostream>
 
@@ -39,6 +40,13 @@ std::string config_help() {
          "  (checked against the model), mom2_dataset, mom2_n_samples, mom2_dtype, stats_dir, alg_name (ROME),\n"
          "  model_name, max_length; device, model_parallel/fp16 (false), batch_size (1) accepted, unused.\n\n" +
          kExitCodes;
+}
+
+// A default in --help: "0.5", "0".
+std::string number_text(double value) {
+  std::ostringstream text;
+  text << value;
+  return text.str();
 }
 
 // --threads N: intra-op threads (the same as ROME_THREADS=N), set before any model is loaded.
@@ -140,11 +148,14 @@ void add_check(CLI::App& app, CommandArgs& a) {
       ->required();
   check->add_option("--requests", a.check.requests,
                     "request file: JSON list / JSONL of requests, CounterFact, EasyEdit or ZsRE records");
-  check->add_option("--min-abs-denominator", a.check.min_abs_denominator,
-                    "fail when |ROME denominator| is below this (default 0: off)")
+  const rc::CheckThresholds defaults;
+  check->add_option("--min-abs-denominator", a.check.thresholds.min_abs_denominator,
+                    "fail when |ROME denominator| is below this (default " + number_text(defaults.min_abs_denominator) +
+                        ": off)")
       ->check(CLI::NonNegativeNumber);
-  check->add_option("--min-ratio", a.check.min_ratio,
-                    "fail when |ROME denominator| / |C-ROME denominator| is below this (default 0.5)")
+  check->add_option("--min-ratio", a.check.thresholds.min_ratio,
+                    "fail when |ROME denominator| / |C-ROME denominator| is below this (default " +
+                        number_text(defaults.min_ratio) + ")")
       ->check(CLI::NonNegativeNumber);
   check->add_option("--json", a.check.json, "write every request's numbers and verdict here");
   add_config_footer(check, a.threads);
@@ -156,7 +167,10 @@ void add_keys(CLI::App& app, CommandArgs& a) {
   keys->add_option("--requests", a.keys.requests, "request file (as for check)");
   keys->add_option("--out", a.keys.out, ".npz with the unprefixed/prefixed keys and C^-1 kbar")->required();
   keys->add_option("--json", a.keys.json, "analysis JSON (statistics, PCA projection for the figures)");
-  keys->add_option("--prefix-tokens", a.keys.prefix_tokens, "k values of the position experiment (default 1 2 4 8)")
+  std::string default_prefix_tokens;
+  for (int64_t k : a.keys.options.prefix_tokens) default_prefix_tokens += (default_prefix_tokens.empty() ? "" : " ") + std::to_string(k);
+  keys->add_option("--prefix-tokens", a.keys.options.prefix_tokens,
+                   "k values of the position experiment (default " + default_prefix_tokens + ")")
       ->check(CLI::PositiveNumber);
   add_config_footer(keys, a.threads);
 }
