@@ -72,7 +72,7 @@ std::string test_time_prefix(const std::vector<std::string>& templates, int64_t 
   return templates[1 + index % static_cast<int64_t>(templates.size() - 1)];
 }
 
-std::string efficacy_prompt(const Request& request, EditMethod method, const std::vector<std::string>& templates,
+std::string efficacy_prompt(const EditRequest& request, EditMethod method, const std::vector<std::string>& templates,
                             int64_t prefix_index) {
   const std::string bare = fill_placeholder(request.prompt, request.subject);
   return method == EditMethod::CRomePrefix ? fill_placeholder(test_time_prefix(templates, prefix_index), bare) : bare;

@@ -128,7 +128,7 @@ std::string test_time_prefix(const std::vector<std::string>& templates, int64_t 
 
 // The prompt an edit's efficacy is scored on: the request's prompt with its subject, behind the
 // test-time prefix (templates[1 + prefix_index % (n - 1)]) for c-rome-prefix, bare otherwise.
-std::string efficacy_prompt(const Request& request, EditMethod method, const std::vector<std::string>& templates,
+std::string efficacy_prompt(const EditRequest& request, EditMethod method, const std::vector<std::string>& templates,
                             int64_t prefix_index);
 
 }  // namespace rc
