@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/util/files.h"
 #include "support/test_support.h"

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/experiment/config_schema.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/model/hub_cache.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/rome/hparams_import.h"

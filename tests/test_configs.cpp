@@ -1,4 +1,5 @@
 // The shipped configs parse, and the paper's three settings say what the spec's table says.
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/rome/edit.h"
 #include "rome_collapse/util/fields.h"
 #include "support/test_support.h"

@@ -4,7 +4,8 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "rome_collapse/model/captured_step.h"
+#include "rome_collapse/experiment/edit_config.h"
+#include "rome_collapse/model/cuda_graph_step.h"
 #include "rome_collapse/rome/edit.h"
 #include "support/golden.h"
 
@@ -152,10 +153,10 @@ TEST(ForwardPaths, OptimisedPathEqualsTheReferenceEquivalentPath) {
   }
 }
 
-// On a GPU (ROME_TEST_DEVICE=cuda, PyTorch's libtorch) the optimised path replays a captured CUDA
-// graph from the third iteration on; it must give what the same path gives eagerly. On the CPU
+// On a GPU (ROME_TEST_DEVICE=cuda, PyTorch's libtorch) the optimised path replays a CUDA graph
+// step from the third iteration on; it must give what the same path gives eagerly. On the CPU
 // both runs are eager and the test checks that the switch changes nothing there.
-TEST(ForwardPaths, CapturedStepEqualsEagerSteps) {
+TEST(ForwardPaths, CudaGraphStepEqualsEagerSteps) {
   ROME_REQUIRE_SHARED();
   ArchFixture& f = fixture("gptj");  // not one of the tiny Llama's noise-amplifying requests
   const auto& golden_case = test::golden_reference()["gptj"]["cases"][7];
@@ -165,12 +166,12 @@ TEST(ForwardPaths, CapturedStepEqualsEagerSteps) {
   ::setenv("ROME_CUDA_GRAPHS", "0", 1);
   auto eager = run_edit(f.loaded, f.config, request, EditMethod::CRome, f.context, no_eval);
   ::unsetenv("ROME_CUDA_GRAPHS");
-  auto captured = run_edit(f.loaded, f.config, request, EditMethod::CRome, f.context, no_eval);
-  ASSERT_EQ(captured.value.loss.size(), eager.value.loss.size());
-  EXPECT_EQ(captured.value.adam_steps, eager.value.adam_steps);
+  auto graph = run_edit(f.loaded, f.config, request, EditMethod::CRome, f.context, no_eval);
+  ASSERT_EQ(graph.value.loss.size(), eager.value.loss.size());
+  EXPECT_EQ(graph.value.adam_steps, eager.value.adam_steps);
   for (size_t i = 0; i < eager.value.loss.size(); ++i)
-    EXPECT_NEAR(captured.value.loss[i], eager.value.loss[i], 1e-5 * std::abs(eager.value.loss[i])) << "iteration " << i;
-  EXPECT_TRUE(test::all_close_rel(captured.value.v_star, eager.value.v_star, 1e-4, "v* captured vs eager"));
+    EXPECT_NEAR(graph.value.loss[i], eager.value.loss[i], 1e-5 * std::abs(eager.value.loss[i])) << "iteration " << i;
+  EXPECT_TRUE(test::all_close_rel(graph.value.v_star, eager.value.v_star, 1e-4, "v* CUDA graph vs eager"));
   std::printf("CUDA graphs compiled: %s, device: %s\n", cuda_graphs_compiled() ? "yes" : "no", test::test_device().c_str());
 }
 

@@ -19,6 +19,7 @@
 #include <Eigen/Dense>
 
 #include "rome_collapse/analysis/key_statistics.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/npz.h"
 #include "rome_collapse/io/text_file.h"
 #include "rome_collapse/rome/edit.h"

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/npz.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/update.h"
@@ -23,9 +24,9 @@ nlohmann::json finite_or_null(double value) { return std::isfinite(value) ? nloh
 
 }  // namespace
 
-CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
+CollectedKeys collect_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
                           int64_t position_offset, int64_t max_batch_tokens, ProgressReporter* progress) {
-  CapturedKeys captured;
+  CollectedKeys collected;
   std::vector<at::Tensor> keys, outputs;
   size_t begin = 0;
   while (begin < rows.size()) {
@@ -42,26 +43,26 @@ CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& ro
     std::vector<TokenPosition> at;
     for (size_t r = begin; r < end; ++r) {
       if (rows[r].position < 0 || rows[r].position >= static_cast<int64_t>(rows[r].ids.size()))
-        throw std::logic_error("capture_keys: position outside its row");
+        throw std::logic_error("collect_keys: position outside its row");
       inputs.push_back(source.model_input(rows[r].ids));
       at.push_back({static_cast<int64_t>(r - begin), rows[r].position});
     }
     auto [chunk_keys, chunk_outputs] = source.capture(inputs, at, layer, position_offset);
     keys.push_back(chunk_keys);
     outputs.push_back(chunk_outputs);
-    ++captured.forward_passes;
+    ++collected.forward_passes;
     if (progress) progress->advance(static_cast<int64_t>(end - begin));
     begin = end;
   }
-  if (keys.empty()) throw std::logic_error("capture_keys: no rows");
-  captured.keys = at::cat(keys, 0);
-  captured.outputs = at::cat(outputs, 0);
-  return captured;
+  if (keys.empty()) throw std::logic_error("collect_keys: no rows");
+  collected.keys = at::cat(keys, 0);
+  collected.outputs = at::cat(outputs, 0);
+  return collected;
 }
 
-CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
+CollectedKeys collect_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
                           int64_t position_offset, int64_t max_batch_tokens) {
-  return capture_keys(*causal_key_source(model, pad_id), rows, layer, position_offset, max_batch_tokens);
+  return collect_keys(*causal_key_source(model, pad_id), rows, layer, position_offset, max_batch_tokens);
 }
 
 std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenizer& tokenizer, bool add_bos,
@@ -77,13 +78,13 @@ std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenize
       rows.push_back({tokenizer.encode(fill_placeholder(with_placeholder, request.subject), add_bos),
                       subject_last_index(tokenizer, add_bos, with_placeholder, request.subject)});
     }
-  CapturedKeys captured = capture_keys(source, rows, layer, position_offset, max_batch_tokens, progress);
-  if (forward_passes) *forward_passes = captured.forward_passes;
+  CollectedKeys collected = collect_keys(source, rows, layer, position_offset, max_batch_tokens, progress);
+  if (forward_passes) *forward_passes = collected.forward_passes;
   std::vector<KeySet> sets;
   const int64_t n = static_cast<int64_t>(templates.size());
   for (size_t i = 0; i < requests.size(); ++i) {
     const int64_t first = static_cast<int64_t>(i) * n;
-    sets.push_back(key_set_from_rows(captured.keys.slice(0, first, first + n), captured.outputs.slice(0, first, first + n)));
+    sets.push_back(key_set_from_rows(collected.keys.slice(0, first, first + n), collected.outputs.slice(0, first, first + n)));
   }
   return sets;
 }

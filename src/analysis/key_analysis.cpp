@@ -240,11 +240,11 @@ void probe_template_tokens(const KeySource& source, const PositionInputs& in, in
       owner.push_back(q);
     }
   if (rows.empty()) return;
-  CapturedKeys captured = capture_keys(source, rows, layer, 0, options.max_batch_tokens, options.progress);
-  analysis.forward_passes += captured.forward_passes;
+  CollectedKeys collected = collect_keys(source, rows, layer, 0, options.max_batch_tokens, options.progress);
+  analysis.forward_passes += collected.forward_passes;
   for (size_t row = 0; row < rows.size(); ++row) {
     RequestKeys& r = analysis.requests[in.first_indices[owner[row]]];
-    r.template_token_key = cpu_double(captured.keys[static_cast<int64_t>(row)]);
+    r.template_token_key = cpu_double(collected.keys[static_cast<int64_t>(row)]);
     r.template_token_fraction_closed =
         fraction_closed(distance(r.template_token_key, cpu_double(r.keys.prefixed_key_mean)), r.stats.unprefixed_distance);
   }
@@ -337,9 +337,9 @@ void probe_prefix_tokens(const KeySource& source, const LoadedModel& loaded, con
   const PrefixRows rows = prefix_rows(in, analysis, k);
   at::Tensor prefix_keys;
   if (!rows.rows.empty()) {
-    CapturedKeys captured = capture_keys(source, rows.rows, layer, 0, options.max_batch_tokens, options.progress);
-    analysis.forward_passes += captured.forward_passes;
-    prefix_keys = cpu_double(captured.keys);
+    CollectedKeys collected = collect_keys(source, rows.rows, layer, 0, options.max_batch_tokens, options.progress);
+    analysis.forward_passes += collected.forward_passes;
+    prefix_keys = cpu_double(collected.keys);
   }
   for (size_t q = 0; q < in.first_requests.size(); ++q)
     fill_probe(analysis.requests[in.first_indices[q]], q, p, k, shifted[q].unprefixed_key, rows, prefix_keys);

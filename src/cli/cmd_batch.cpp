@@ -19,6 +19,7 @@
 #include "commands.h"
 #include "rome_collapse/eval/evaluation.h"
 #include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/experiment/tables.h"
 #include "rome_collapse/io/dataset.h"
 #include "rome_collapse/rome/edit.h"

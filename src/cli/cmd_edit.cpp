@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/request_file.h"
 #include "rome_collapse/io/safetensors.h"
 #include "rome_collapse/rome/edit.h"

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "rome_collapse/experiment/config_schema.h"
+#include "rome_collapse/experiment/edit_config.h"
 #include "rome_collapse/io/request_file.h"
 #include "rome_collapse/model/hub_cache.h"
 #include "rome_collapse/model/loaded_model.h"

@@ -124,11 +124,11 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   if (batch.ids.size(1) > model.config().max_positions)
     throw InputError(config.source + ": request: a rewriting prompt has " + std::to_string(batch.ids.size(1)) +
                      " tokens, more than the model's context of " + std::to_string(model.config().max_positions));
-  LayerCapture capture =
-      capture_rewrite_layer(model, batch, hp.layer, /*record_cache=*/options.path == ForwardPath::Optimized);
+  RewriteLayerInput layer_input =
+      rewrite_layer_input(model, batch, hp.layer, /*record_cache=*/options.path == ForwardPath::Optimized);
   const int64_t templates_n = batch.rewriting_rows;
   outcome.keys = batch.keys_match_template_encoding
-                     ? key_set_from_rows(capture.keys.slice(0, 0, templates_n), capture.outputs.slice(0, 0, templates_n))
+                     ? key_set_from_rows(layer_input.keys.slice(0, 0, templates_n), layer_input.outputs.slice(0, 0, templates_n))
                      : compute_keys(model, tokenizer, loaded.add_bos, request, context.templates, hp.layer, loaded.pad_id());
   end_phase("keys");
 
@@ -138,7 +138,7 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
   end_phase("left_vector");
 
   begin_phase();
-  outcome.value = optimize_value(model, batch, capture, hp, options.path);
+  outcome.value = optimize_value(model, batch, layer_input, hp, options.path);
   end_phase("value_optimisation");
 
   begin_phase();

@@ -8,7 +8,7 @@
 #include <torch/csrc/autograd/autograd.h>
 #include <ATen/core/grad_mode.h>
 
-#include "rome_collapse/model/captured_step.h"
+#include "rome_collapse/model/cuda_graph_step.h"
 #include "rome_collapse/rome/keys.h"
 #include "rome_collapse/util/error.h"
 
@@ -31,20 +31,20 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
   std::vector<std::vector<int64_t>> rows;
   for (const auto& context : templates) {
     const std::string with_placeholder = fill_placeholder(context, request.prompt) + target_prefix;
-    const int64_t lookup = subject_last_index(tokenizer, add_bos, with_placeholder, request.subject);
+    const int64_t subject_last = subject_last_index(tokenizer, add_bos, with_placeholder, request.subject);
     std::vector<int64_t> ids = tokenizer.encode(fill_placeholder(with_placeholder, request.subject), add_bos);
-    if (static_cast<int64_t>(ids.size()) < static_cast<int64_t>(batch.target_ids.size()) || lookup >= int64_t(ids.size()))
+    if (static_cast<int64_t>(ids.size()) < static_cast<int64_t>(batch.target_ids.size()) || subject_last >= int64_t(ids.size()))
       throw InputError("prompt \"" + with_placeholder + "\" is too short for its target");
     std::vector<int64_t> key_prompt =
         tokenizer.encode(fill_placeholder(fill_placeholder(context, request.prompt), request.subject), add_bos);
-    for (int64_t j = 0; j <= lookup; ++j)
+    for (int64_t j = 0; j <= subject_last; ++j)
       if (j >= int64_t(key_prompt.size()) || key_prompt[j] != ids[j]) batch.keys_match_template_encoding = false;
-    batch.lookup.push_back(lookup);
+    batch.subject_last.push_back(subject_last);
     batch.lengths.push_back(static_cast<int64_t>(ids.size()));
     rows.push_back(std::move(ids));
   }
   batch.rewriting_rows = static_cast<int64_t>(rows.size());
-  batch.lookup.push_back(subject_last_index(tokenizer, add_bos, kl_prompt, request.subject));
+  batch.subject_last.push_back(subject_last_index(tokenizer, add_bos, kl_prompt, request.subject));
   rows.push_back(tokenizer.encode(fill_placeholder(kl_prompt, request.subject), add_bos));
   batch.lengths.push_back(static_cast<int64_t>(rows.back().size()));
   batch.ids = pad_batch(rows, pad_id, device);
@@ -53,38 +53,38 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
 
 int64_t recompute_window(const ValueBatch& batch) {
   int64_t window = 0;
-  for (size_t r = 0; r < batch.lengths.size(); ++r) window = std::max(window, batch.lengths[r] - batch.lookup[r]);
+  for (size_t r = 0; r < batch.lengths.size(); ++r) window = std::max(window, batch.lengths[r] - batch.subject_last[r]);
   return window;
 }
 
-LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer, bool record_cache) {
+RewriteLayerInput rewrite_layer_input(const CausalLM& model, const ValueBatch& batch, int64_t layer, bool record_cache) {
   at::NoGradGuard no_grad;
   ForwardOptions options;
   options.intervention.layer = layer;
-  for (size_t row = 0; row < batch.lookup.size(); ++row)
-    options.intervention.capture_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
+  for (size_t row = 0; row < batch.subject_last.size(); ++row)
+    options.intervention.capture_at.push_back({static_cast<int64_t>(row), batch.subject_last[row]});
   options.keep_hidden_entering = layer;
   options.stop_after_layer = layer;
-  LayerCapture capture;
-  if (record_cache) options.record = &capture.cache;
+  RewriteLayerInput layer_input;
+  if (record_cache) options.record = &layer_input.cache;
   ForwardOutput out = model.forward(batch.ids, options);
-  for (int64_t l = 0; l < layer && l < static_cast<int64_t>(capture.cache.keys.size()); ++l)
-    capture.cache.keys[l] = capture.cache.values[l] = at::Tensor();  // never read: layers below L are not rerun
-  const int64_t past = *std::max_element(batch.lookup.begin(), batch.lookup.end());
+  for (int64_t l = 0; l < layer && l < static_cast<int64_t>(layer_input.cache.keys.size()); ++l)
+    layer_input.cache.keys[l] = layer_input.cache.values[l] = at::Tensor();  // never read: layers below L are not rerun
+  const int64_t past = *std::max_element(batch.subject_last.begin(), batch.subject_last.end());
   if (record_cache && past > 0 && layer + 1 < model.config().n_layers) {
     // Above L the optimisation reads back only positions before each row's subject token (it
     // recomputes the rest), so those layers run on the columns before the latest one alone.
     ForwardOptions upper;
     upper.start_layer = layer + 1;
     upper.initial_hidden = out.hidden_after_stop.slice(1, 0, past);
-    upper.record = &capture.cache;
+    upper.record = &layer_input.cache;
     upper.compute_logits = false;
     model.forward(batch.ids.slice(1, 0, past), upper);
   }
-  capture.keys = out.captured_keys;
-  capture.outputs = out.captured_outputs;
-  capture.hidden_entering = out.hidden_entering;
-  return capture;
+  layer_input.keys = out.captured_keys;
+  layer_input.outputs = out.captured_outputs;
+  layer_input.hidden_entering = out.hidden_entering;
+  return layer_input;
 }
 
 namespace {
@@ -108,8 +108,8 @@ struct AdamState {
     param.addcdiv_(exp_avg, denom, -lr / bias_correction1);
   }
 
-  // The same update with the step count and the bias corrections as device tensors: a captured
-  // step freezes host scalars into the graph. prepare_on_device() runs before the capture.
+  // The same update with the step count and the bias corrections as device tensors: a CUDA graph
+  // freezes host scalars into it. prepare_on_device() runs before the graph is recorded.
   at::Tensor device_step, negative_lr;  // float64 scalars on the parameter's device
   void prepare_on_device(const at::Tensor& param) {
     const auto options = at::TensorOptions().dtype(at::kDouble).device(param.device());
@@ -139,14 +139,14 @@ struct ForwardPass {
 
 }  // namespace
 
-ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const LayerCapture& capture,
+ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const RewriteLayerInput& layer_input,
                                  const RomeHparams& hparams, ForwardPath path) {
   const int64_t layer = hparams.layer, rows = batch.rewriting_rows, n_targets = int64_t(batch.target_ids.size());
   const int64_t last_layer = model.config().n_layers - 1;
   const bool loss_at_last_layer = hparams.v_loss_layer == last_layer;
   const auto device = model.device();
   ValueOptimization result;
-  result.target_init = capture.outputs[0].detach().to(at::kFloat).clone();  // bare prompt, subject token
+  result.target_init = layer_input.outputs[0].detach().to(at::kFloat).clone();  // bare prompt, subject token
   // Norms stay float32 tensors, as in the paper's code: the weight-decay gradient dominates the
   // optimisation of small models, and its float32 rounding is visible in v* at the 1e-3 level.
   const at::Tensor target_init_norm = result.target_init.norm();
@@ -174,44 +174,44 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     // The paper's code: the whole padded batch through every layer, full logits everywhere.
     pass.ids = batch.ids;
     pass.options.intervention.layer = layer;
-    for (size_t row = 0; row < batch.lookup.size(); ++row)
-      pass.options.intervention.delta_at.push_back({static_cast<int64_t>(row), batch.lookup[row]});
+    for (size_t row = 0; row < batch.subject_last.size(); ++row)
+      pass.options.intervention.delta_at.push_back({static_cast<int64_t>(row), batch.subject_last[row]});
     pass.options.intervention.delta_mask = make_position_mask(pass.options.intervention.delta_at, batch.ids.size(0),
                                                               batch.ids.size(1), at::kFloat, device);
     if (!loss_at_last_layer) pass.options.keep_hidden_entering = hparams.v_loss_layer + 1;
     pass.targets = make_position_index(target_positions, device);
-    pass.kl = make_position_index({{rows, batch.lookup[rows]}}, device);
+    pass.kl = make_position_index({{rows, batch.subject_last[rows]}}, device);
   } else {
-    // Ragged windows: row r recomputes only positions [lookup_r, length_r), from its subject's last
-    // token (where δ enters) to its end; everything before is δ-free and comes from the capture
+    // Ragged windows: row r recomputes only positions [subject_last_r, length_r), from its subject's last
+    // token (where δ enters) to its end; everything before is δ-free and comes from the unedited
     // pass's KV cache. Rows differ in where their window starts (their templates' prefixes), so the
     // windows are left-aligned into one [R + 1, W] pass with per-row positions, and each row's
     // cache is masked from its own window's start on. One pass, the fewest recomputed tokens.
-    const int64_t n_rows = static_cast<int64_t>(batch.lookup.size()), padded_length = batch.ids.size(1);
+    const int64_t n_rows = static_cast<int64_t>(batch.subject_last.size()), padded_length = batch.ids.size(1);
     const int64_t window = recompute_window(batch);
-    const int64_t past = *std::max_element(batch.lookup.begin(), batch.lookup.end());
+    const int64_t past = *std::max_element(batch.subject_last.begin(), batch.subject_last.end());
     std::vector<int64_t> columns, past_valid;
     for (int64_t r = 0; r < n_rows; ++r) {
       for (int64_t j = 0; j < window; ++j) {
         // Beyond a row's end any column (and position) will do: those slots precede nothing real.
-        columns.push_back(std::min(batch.lookup[r] + j, padded_length - 1));
+        columns.push_back(std::min(batch.subject_last[r] + j, padded_length - 1));
       }
-      for (int64_t p = 0; p < past; ++p) past_valid.push_back(p < batch.lookup[r] ? 1 : 0);
+      for (int64_t p = 0; p < past; ++p) past_valid.push_back(p < batch.subject_last[r] ? 1 : 0);
     }
     const at::Tensor column_index = at::tensor(columns, at::kLong).view({n_rows, window}).to(device);
     pass.ids = batch.ids.gather(1, column_index);
     auto& options = pass.options;
     options.start_layer = layer;
-    options.initial_hidden = capture.hidden_entering.gather(
-        1, column_index.unsqueeze(-1).expand({n_rows, window, capture.hidden_entering.size(2)}));
+    options.initial_hidden = layer_input.hidden_entering.gather(
+        1, column_index.unsqueeze(-1).expand({n_rows, window, layer_input.hidden_entering.size(2)}));
     options.row_positions = column_index;  // a real token's column is its position
     if (past > 0) {
       pass.past = std::make_shared<KVCache>();
-      pass.past->keys.resize(capture.cache.keys.size());
-      pass.past->values.resize(capture.cache.values.size());
-      for (size_t l = static_cast<size_t>(layer); l < capture.cache.keys.size(); ++l) {
-        pass.past->keys[l] = capture.cache.keys[l].slice(2, 0, past);
-        pass.past->values[l] = capture.cache.values[l].slice(2, 0, past);
+      pass.past->keys.resize(layer_input.cache.keys.size());
+      pass.past->values.resize(layer_input.cache.values.size());
+      for (size_t l = static_cast<size_t>(layer); l < layer_input.cache.keys.size(); ++l) {
+        pass.past->keys[l] = layer_input.cache.keys[l].slice(2, 0, past);
+        pass.past->values[l] = layer_input.cache.values[l].slice(2, 0, past);
       }
       options.past = pass.past.get();
       options.past_valid = at::tensor(past_valid, at::kLong).view({n_rows, past}).to(at::kBool).to(device);
@@ -220,7 +220,7 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     for (int64_t r = 0; r < n_rows; ++r) options.intervention.delta_at.push_back({r, 0});
     options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, n_rows, window, at::kFloat, device);
     std::vector<TokenPosition> window_targets;  // the same targets, in window coordinates
-    for (const auto& tp : target_positions) window_targets.push_back({tp.row, tp.position - batch.lookup[tp.row]});
+    for (const auto& tp : target_positions) window_targets.push_back({tp.row, tp.position - batch.subject_last[tp.row]});
     // Logits rows: the targets (when the loss reads the last layer), then the KL position.
     std::vector<TokenPosition> logits_positions = loss_at_last_layer ? window_targets : std::vector<TokenPosition>{};
     logits_positions.push_back({rows, 0});
@@ -265,10 +265,10 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
   };
   // One Adam step on δ, then the projection into the ball of radius clamp_norm_factor·‖target_init‖
   // (without a host sync).
-  auto take_step = [&](const at::Tensor& loss, bool captured) {
+  auto take_step = [&](const at::Tensor& loss, bool on_device) {
     at::Tensor grad = torch::autograd::grad({loss}, {delta})[0];
     at::NoGradGuard no_grad;
-    if (captured)
+    if (on_device)
       adam.update_on_device(delta, grad);
     else
       adam.update(delta, grad);
@@ -285,30 +285,30 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     return loss_value;
   };
 
-  // On a GPU the optimised path replays one captured step from the third iteration on: the first
-  // sets the KL reference, the first two warm up what the capture must find ready. The captured
+  // On a GPU the optimised path replays one step recorded as a CUDA graph from the third iteration
+  // on: the first sets the KL reference, the first two warm up what the recording must find ready. The graph
   // step also updates δ; an iteration that stops (early stop, last) puts the δ it was given back.
   constexpr int64_t kEagerIterations = 2;
-  CapturedStep captured_step(device, path == ForwardPath::Optimized && hparams.v_num_grad_steps > kEagerIterations + 1);
-  at::Tensor captured_terms, delta_before_step;
+  CudaGraphStep graph_step(device, path == ForwardPath::Optimized && hparams.v_num_grad_steps > kEagerIterations + 1);
+  at::Tensor graph_terms, delta_before_step;
   for (int64_t it = 0; it < hparams.v_num_grad_steps; ++it) {
     const bool last = it == hparams.v_num_grad_steps - 1;
-    if (captured_step.active() && it >= kEagerIterations) {
-      if (!captured_step.captured()) {
+    if (graph_step.active() && it >= kEagerIterations) {
+      if (!graph_step.recorded()) {
         adam.prepare_on_device(delta);
         delta_before_step = at::empty_like(delta.detach());
-        captured_step.capture([&] {
+        graph_step.record([&] {
           {
             at::NoGradGuard no_grad;
             delta_before_step.copy_(delta);
           }
           at::Tensor loss;
-          captured_terms = compute_loss(loss);
-          take_step(loss, /*captured=*/true);
+          graph_terms = compute_loss(loss);
+          take_step(loss, /*on_device=*/true);
         });
       }
-      captured_step.replay();
-      const double loss_value = record(captured_terms.clone(), it);
+      graph_step.replay();
+      const double loss_value = record(graph_terms.clone(), it);
       if (loss_value < hparams.early_stop_loss || last) {
         at::NoGradGuard no_grad;
         delta.copy_(delta_before_step);
@@ -320,10 +320,10 @@ ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch,
     at::Tensor loss;
     const double loss_value = record(compute_loss(loss), it);
     if (loss_value < hparams.early_stop_loss || last) break;  // the last iteration takes no step
-    take_step(loss, /*captured=*/false);
+    take_step(loss, /*on_device=*/false);
     ++result.adam_steps;
   }
-  captured_step.finish();
+  graph_step.finish();
   if (!history.empty()) {
     at::Tensor values = at::stack(history).to(at::kDouble).cpu();  // [iterations, 4]
     for (int64_t i = 0; i < values.size(0); ++i) {

@@ -37,18 +37,18 @@ struct KeyRow {
 // Rewrite-module inputs [N, F] and outputs [N, D] at each row's position, N = rows.size(), in
 // forward passes of at most `max_batch_tokens` (rows × padded length) each; a row longer than
 // the budget gets a pass of its own.
-struct CapturedKeys {
+struct CollectedKeys {
   at::Tensor keys;
   at::Tensor outputs;
   int64_t forward_passes = 0;
 };
 // Rows are token ids of texts; the source turns them into model inputs (T5 appends "</s>").
 // `progress` (optional) advances by the rows of each pass.
-CapturedKeys capture_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
-                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192,
+CollectedKeys collect_keys(const KeySource& source, const std::vector<KeyRow>& rows, int64_t layer,
+                           int64_t position_offset = 0, int64_t max_batch_tokens = 8192,
                           ProgressReporter* progress = nullptr);
-CapturedKeys capture_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
-                          int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
+CollectedKeys collect_keys(const CausalLM& model, const std::vector<KeyRow>& rows, int64_t layer, int64_t pad_id,
+                           int64_t position_offset = 0, int64_t max_batch_tokens = 8192);
 
 // compute_keys for many requests: the templates of several requests go through one forward pass.
 std::vector<KeySet> compute_keys_batched(const KeySource& source, const Tokenizer& tokenizer, bool add_bos,

@@ -24,7 +24,7 @@ std::vector<int64_t> target_token_ids(const Tokenizer& tokenizer, bool add_bos, 
 struct ValueBatch {
   at::Tensor ids;                      // [R + 1, T]
   std::vector<int64_t> lengths;        // real tokens per row
-  std::vector<int64_t> lookup;         // subject-last index per row
+  std::vector<int64_t> subject_last;   // the subject's last token, per row
   std::vector<int64_t> target_ids;     // [|t|]
   int64_t rewriting_rows = 0;          // R
   // True when each rewriting row's tokens up to its subject index equal those of the bare
@@ -39,19 +39,19 @@ ValueBatch build_value_batch(const Tokenizer& tokenizer, bool add_bos, const Edi
 // (where δ enters) to its end.
 int64_t recompute_window(const ValueBatch& batch);
 
-// What one forward pass of the unedited model gives: keys and outputs at the lookup positions of
-// every row, the residual stream entering L (the optimisation never recomputes layers below L) and,
+// What one forward pass of the unedited model gives: keys and outputs at the subject_last positions
+// of every row, the residual stream entering L (the optimisation never recomputes layers below L) and,
 // with record_cache, the keys/values of layers >= L (the optimisation never recomputes positions
 // before the subject either: δ cannot reach them through causal attention).
-struct LayerCapture {
+struct RewriteLayerInput {
   at::Tensor keys;             // [R + 1, F]
   at::Tensor outputs;          // [R + 1, D]
   at::Tensor hidden_entering;  // [R + 1, T, D]
   KVCache cache;               // layer L: [R + 1, H_kv, T, hd], layers > L: [R + 1, H_kv, P, hd] with P
                                // the latest subject index; empty without record_cache
 };
-LayerCapture capture_rewrite_layer(const CausalLM& model, const ValueBatch& batch, int64_t layer,
-                                   bool record_cache = false);
+RewriteLayerInput rewrite_layer_input(const CausalLM& model, const ValueBatch& batch, int64_t layer,
+                                      bool record_cache = false);
 
 enum class ForwardPath {
   Optimized,  // layers >= L only, logits at the target and KL positions only
@@ -68,7 +68,7 @@ struct ValueOptimization {
 };
 
 // NumericError when the loss becomes NaN or infinite.
-ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const LayerCapture& capture,
+ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const RewriteLayerInput& layer_input,
                                  const RomeHparams& hparams, ForwardPath path = ForwardPath::Optimized);
 
 }  // namespace rc

@@ -1,4 +1,4 @@
-#include "rome_collapse/model/captured_step.h"
+#include "rome_collapse/model/cuda_graph_step.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -18,14 +18,14 @@ namespace rc {
 bool cuda_graphs_compiled() { return ROME_WITH_CUDA != 0; }
 
 #if ROME_WITH_CUDA
-struct CapturedStep::Impl {
+struct CudaGraphStep::Impl {
   c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(/*isHighPriority=*/false);
   std::optional<c10::cuda::CUDAStreamGuard> on_side_stream;
   at::cuda::CUDAGraph graph;
-  bool captured = false;
+  bool recorded = false;
 };
 
-CapturedStep::CapturedStep(c10::Device device, bool wanted) {
+CudaGraphStep::CudaGraphStep(c10::Device device, bool wanted) {
   const char* setting = std::getenv("ROME_CUDA_GRAPHS");
   if (!wanted || !device.is_cuda() || (setting && std::strcmp(setting, "0") == 0)) return;
   torch::cuda::synchronize();  // the side stream starts after everything queued on the default one
@@ -33,54 +33,54 @@ CapturedStep::CapturedStep(c10::Device device, bool wanted) {
   impl_->on_side_stream.emplace(impl_->stream);
 }
 
-void CapturedStep::capture(const std::function<void()>& body) {
-  if (!impl_ || impl_->captured) throw std::logic_error("CapturedStep::capture: inactive or already captured");
+void CudaGraphStep::record(const std::function<void()>& body) {
+  if (!impl_ || impl_->recorded) throw std::logic_error("CudaGraphStep::record: inactive or already recorded");
   impl_->stream.synchronize();  // the warm-up iterations have finished before anything is recorded
   impl_->graph.capture_begin();
   try {
     body();
   } catch (...) {
     try {
-      impl_->graph.capture_end();  // leave capture mode, or every later CUDA call fails
+      impl_->graph.capture_end();  // leave stream-capture mode, or every later CUDA call fails
     } catch (...) {
     }
     throw;
   }
   impl_->graph.capture_end();
-  impl_->captured = true;
+  impl_->recorded = true;
 }
 
-void CapturedStep::replay() {
-  if (!impl_ || !impl_->captured) throw std::logic_error("CapturedStep::replay: nothing captured");
+void CudaGraphStep::replay() {
+  if (!impl_ || !impl_->recorded) throw std::logic_error("CudaGraphStep::replay: nothing recorded");
   impl_->graph.replay();
 }
 
-void CapturedStep::finish() {
+void CudaGraphStep::finish() {
   if (!impl_ || !impl_->on_side_stream) return;
   impl_->stream.synchronize();
   impl_->on_side_stream.reset();
 }
 #else
-struct CapturedStep::Impl {};
+struct CudaGraphStep::Impl {};
 
-CapturedStep::CapturedStep(c10::Device, bool) {}
+CudaGraphStep::CudaGraphStep(c10::Device, bool) {}
 
-void CapturedStep::capture(const std::function<void()>&) {
-  throw std::logic_error("CapturedStep::capture: this libtorch has no CUDA graphs");
+void CudaGraphStep::record(const std::function<void()>&) {
+  throw std::logic_error("CudaGraphStep::record: this libtorch has no CUDA graphs");
 }
 
-void CapturedStep::replay() { throw std::logic_error("CapturedStep::replay: this libtorch has no CUDA graphs"); }
+void CudaGraphStep::replay() { throw std::logic_error("CudaGraphStep::replay: this libtorch has no CUDA graphs"); }
 
-void CapturedStep::finish() {}
+void CudaGraphStep::finish() {}
 #endif
 
-CapturedStep::~CapturedStep() { finish(); }
+CudaGraphStep::~CudaGraphStep() { finish(); }
 
-bool CapturedStep::active() const { return impl_ != nullptr; }
+bool CudaGraphStep::active() const { return impl_ != nullptr; }
 
-bool CapturedStep::captured() const {
+bool CudaGraphStep::recorded() const {
 #if ROME_WITH_CUDA
-  return impl_ && impl_->captured;
+  return impl_ && impl_->recorded;
 #else
   return false;
 #endif
