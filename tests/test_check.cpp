@@ -222,7 +222,7 @@ TEST(RequestFile, ReadsPlainListsJsonLinesAndDatasets) {
                         {"prompt": "Danielle speaks", "subject": "Danielle", "target_new": "English", "case_id": 7}])");
   RequestSet set = read_request_file(plain);
   ASSERT_EQ(set.requests.size(), 2u);
-  EXPECT_EQ(set.format, RequestFormat::Plain);
+  EXPECT_EQ(set.format, DatasetFormat::Requests);
   EXPECT_EQ(set.requests[0].target_new, "Japan");
   EXPECT_EQ(set.requests[1].prompt, "{} speaks");
   EXPECT_EQ(set.ids[1], 7);
@@ -239,14 +239,14 @@ TEST(RequestFile, ReadsPlainListsJsonLinesAndDatasets) {
 TEST(RequestFile, ReadsTheSharedDatasets) {
   ROME_REQUIRE_SHARED();
   RequestSet counterfact = read_request_file(test::shared_path("data/counterfact/counterfact_rome_most_orthogonal_10.json"));
-  EXPECT_EQ(counterfact.format, RequestFormat::CounterFact);
+  EXPECT_EQ(counterfact.format, DatasetFormat::CounterfactRome);
   ASSERT_EQ(counterfact.requests.size(), 10u);
   EXPECT_EQ(counterfact.requests[0].prompt, "{}, a citizen of");
   EXPECT_EQ(counterfact.requests[0].subject, "Ferdinand de Saussure");
   EXPECT_EQ(counterfact.requests[0].target_new, "Belgium");
   EXPECT_EQ(counterfact.ids[0], 4088);
   RequestSet easyedit = read_request_file(test::shared_path("data/counterfact/counterfact-edit-1k.easyedit.json"));
-  EXPECT_EQ(easyedit.format, RequestFormat::EasyEdit);
+  EXPECT_EQ(easyedit.format, DatasetFormat::EasyEdit);
   EXPECT_EQ(easyedit.requests[0].prompt, "{} professionally plays the sport");
   // The first records of the ZsRE file (the whole file holds a record with an empty "alt").
   std::ifstream in(test::shared_path("data/zsre/zsre_mend_train-1k.json"));
@@ -254,9 +254,28 @@ TEST(RequestFile, ReadsTheSharedDatasets) {
   auto excerpt = test::scratch_dir("check_request_zsre") / "zsre.json";
   write_file_atomic(excerpt, nlohmann::json(std::vector<nlohmann::json>(records.begin(), records.begin() + 3)).dump());
   RequestSet zsre = read_request_file(excerpt);
-  EXPECT_EQ(zsre.format, RequestFormat::Zsre);
+  EXPECT_EQ(zsre.format, DatasetFormat::ZsreRome);
   EXPECT_EQ(zsre.requests[0].prompt, "What is the product made by {}?");
   EXPECT_EQ(zsre.requests[0].target_new, "unmanned aircraft");
+}
+
+// One enum names every layout a request file or dataset is read in; a dataset config takes the
+// dataset names (not "requests"), and a config's own record reports the layout it was read as.
+TEST(RequestFile, OneEnumNamesEveryLayout) {
+  for (DatasetFormat format : {DatasetFormat::CounterfactRome, DatasetFormat::EasyEdit, DatasetFormat::ZsreRome})
+    EXPECT_EQ(parse_dataset_format(to_string(format), "cfg"), format);
+  EXPECT_EQ(to_string(DatasetFormat::Requests), "requests");
+  EXPECT_THROW(parse_dataset_format("requests", "cfg: dataset.format"), InputError);
+  const nlohmann::json zsre = {{"subject", "Danielle"}, {"src", "What does Danielle speak?"}, {"alt", "English"}};
+  DatasetFormat format = DatasetFormat::Auto;
+  EXPECT_EQ(parse_request_record(zsre, "cfg: request", &format).prompt, "What does {} speak?");
+  EXPECT_EQ(format, DatasetFormat::ZsreRome);
+  const nlohmann::json plain = {{"prompt", "{} speaks"}, {"subject", "Danielle"}, {"target_new", "English"}};
+  EXPECT_EQ(parse_request_record(plain, "cfg: request", &format).subject, "Danielle");
+  EXPECT_EQ(format, DatasetFormat::Requests);
+  // The same reader, through a dataset: one record, one request.
+  EXPECT_EQ(parse_edit_record(zsre, "cfg", DatasetFormat::Auto).request.prompt, "What does {} speak?");
+  EXPECT_NE(parse_edit_record({{"subject", "X"}, {"src", "Y?"}, {"alt", ""}}, "cfg", DatasetFormat::ZsreRome).invalid, "");
 }
 
 TEST(BatchedKeys, EqualOneRequestAtATime) {

@@ -225,42 +225,7 @@ TEST_P(FamilyForward, CachedAndRaggedPassesEqualTheFullPass) {
   // Ragged rows: row r recomputes from starts[r] on, attending to its own cached earlier positions.
   std::vector<std::vector<int64_t>> rows = {golden.prompts[2].ids, ids};
   const std::vector<int64_t> starts = {3, 9};
-  at::Tensor padded = pad_batch(rows, 0, model->device());
-  KVCache padded_cache;
-  ForwardOptions record;
-  record.record = &padded_cache;
-  record.keep_hidden_entering = 1;
-  ForwardOutput reference = model->forward(padded, record);
-  const int64_t past = 9, n = 2;
-  int64_t window = 0;
-  for (int64_t r = 0; r < n; ++r) window = std::max<int64_t>(window, rows[r].size() - starts[r]);
-  std::vector<int64_t> columns, valid;
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t j = 0; j < window; ++j) columns.push_back(std::min<int64_t>(starts[r] + j, padded.size(1) - 1));
-    for (int64_t p = 0; p < past; ++p) valid.push_back(p < starts[r]);
-  }
-  at::Tensor column_index = at::tensor(columns, at::kLong).view({n, window}).to(model->device());
-  KVCache past_cache;
-  past_cache.keys.resize(padded_cache.keys.size());
-  past_cache.values.resize(padded_cache.values.size());
-  for (size_t l = 1; l < padded_cache.keys.size(); ++l) {
-    past_cache.keys[l] = padded_cache.keys[l].slice(2, 0, past);
-    past_cache.values[l] = padded_cache.values[l].slice(2, 0, past);
-  }
-  ForwardOptions ragged;
-  ragged.start_layer = 1;
-  ragged.initial_hidden =
-      reference.hidden_entering.gather(1, column_index.unsqueeze(-1).expand({n, window, model->config().d_model}));
-  ragged.row_positions = column_index;
-  ragged.past = &past_cache;
-  ragged.past_valid = at::tensor(valid, at::kLong).view({n, past}).to(at::kBool).to(model->device());
-  at::Tensor logits = model->forward(padded.gather(1, column_index), ragged).logits;
-  for (int64_t r = 0; r < n; ++r) {
-    const int64_t real = static_cast<int64_t>(rows[r].size()) - starts[r];
-    EXPECT_TRUE(test::all_close_abs(logits[r].slice(0, 0, real),
-                                    reference.logits[r].slice(0, starts[r], rows[r].size()), 1e-5,
-                                    family + " ragged row " + std::to_string(r)));
-  }
+  test::expect_ragged_rows_match_full_pass(*model, rows, starts, 1, 9, family);
 }
 
 // Greedy generation (one token at a time against the growing KV cache, 20 steps: past Mistral's window)

@@ -181,42 +181,7 @@ TEST(KVCacheTest, RaggedRowsEqualTheFullForwardPass) {
     const auto& prompts = test::golden_reference()[arch]["prompts"];
     std::vector<std::vector<int64_t>> rows = {prompts[0]["ids"], prompts[1]["ids"]};
     const std::vector<int64_t> starts = {1, 4};  // row r recomputes positions [starts[r], its end)
-    at::Tensor batch = pad_batch(rows, 0, model->device());
-    at::NoGradGuard no_grad;
-    ForwardOptions full_options;
-    KVCache cache;
-    full_options.record = &cache;
-    full_options.keep_hidden_entering = 2;
-    ForwardOutput full = model->forward(batch, full_options);
-
-    int64_t window = 0;
-    for (size_t r = 0; r < rows.size(); ++r) window = std::max<int64_t>(window, rows[r].size() - starts[r]);
-    const int64_t past = 4, n = static_cast<int64_t>(rows.size());
-    std::vector<int64_t> columns, valid;
-    for (int64_t r = 0; r < n; ++r) {
-      for (int64_t j = 0; j < window; ++j) columns.push_back(std::min(starts[r] + j, batch.size(1) - 1));
-      for (int64_t p = 0; p < past; ++p) valid.push_back(p < starts[r]);
-    }
-    at::Tensor column_index = at::tensor(columns, at::kLong).view({n, window}).to(model->device());
-    KVCache past_cache;
-    past_cache.keys.resize(cache.keys.size());
-    past_cache.values.resize(cache.values.size());
-    for (size_t l = 2; l < cache.keys.size(); ++l) {
-      past_cache.keys[l] = cache.keys[l].slice(2, 0, past);
-      past_cache.values[l] = cache.values[l].slice(2, 0, past);
-    }
-    ForwardOptions ragged;
-    ragged.start_layer = 2;
-    ragged.initial_hidden = full.hidden_entering.gather(1, column_index.unsqueeze(-1).expand({n, window, model->config().d_model}));
-    ragged.row_positions = column_index;  // every real position is its own column
-    ragged.past = &past_cache;
-    ragged.past_valid = at::tensor(valid, at::kLong).view({n, past}).to(at::kBool).to(model->device());
-    at::Tensor logits = model->forward(batch.gather(1, column_index), ragged).logits;  // [n, window, V]
-    for (int64_t r = 0; r < n; ++r) {
-      const int64_t real = static_cast<int64_t>(rows[r].size()) - starts[r];
-      EXPECT_TRUE(test::all_close_abs(logits[r].slice(0, 0, real), full.logits[r].slice(0, starts[r], rows[r].size()),
-                                      1e-5, arch + " ragged row " + std::to_string(r)));
-    }
+    test::expect_ragged_rows_match_full_pass(*model, rows, starts, 2, 4, arch);
   }
 }
 

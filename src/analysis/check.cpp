@@ -169,6 +169,21 @@ nlohmann::json identity_json(const RequestIdentity& identity, size_t index) {
           {"subject_last_index", identity.subject_last_index}};
 }
 
+nlohmann::json key_run_provenance(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests) {
+  nlohmann::json provenance = base_provenance(loaded, config);
+  // Which module's input the keys are (a decoder's MLP down-projection, or T5's encoder wo).
+  provenance["rewrite_weight"] = make_key_source(loaded)->rewrite_weight_name(config.hparams.layer);
+  provenance["requests_source"] = requests.source;
+  provenance["requests_format"] = to_string(requests.format);
+  return provenance;
+}
+
+std::string table_label(const EditRequest& request) {
+  std::string label = request.prompt + " (" + request.subject + ")";
+  if (label.size() > 40) label = label.substr(0, 37) + "...";
+  return label;
+}
+
 bool CheckReport::all_passed() const { return failed_count() == 0; }
 
 int64_t CheckReport::failed_count() const {
@@ -272,11 +287,7 @@ nlohmann::json to_json(const CheckReport& report, const LoadedModel& loaded, con
   out["skipped_records"] = requests.skipped;  // records of the request file that cannot be edited
   out["context_templates"] = report.templates;
   out["timings_s"] = {{"keys_and_denominators", report.key_seconds}, {"forward_passes", report.forward_passes}};
-  out["provenance"] = base_provenance(loaded, config);
-  // Which module's input the keys are (a decoder's MLP down-projection, or T5's encoder wo).
-  out["provenance"]["rewrite_weight"] = make_key_source(loaded)->rewrite_weight_name(config.hparams.layer);
-  out["provenance"]["requests_source"] = requests.source;
-  out["provenance"]["requests_format"] = to_string(requests.format);
+  out["provenance"] = key_run_provenance(loaded, config, requests);
   return out;
 }
 
@@ -288,8 +299,7 @@ std::string format_check_table(const CheckReport& report) {
   text += line;
   for (size_t i = 0; i < report.requests.size(); ++i) {
     const RequestCheck& r = report.requests[i];
-    std::string label = r.request.prompt + " (" + r.request.subject + ")";
-    if (label.size() > 40) label = label.substr(0, 37) + "...";
+    const std::string label = table_label(r.request);
     std::snprintf(line, sizeof line, "%4zu  %-40s %5s %12.4f %12.4f %8.3f %8.3f  %s\n", i, label.c_str(),
                   r.subject_first ? "yes" : "no", r.rome_denominator, r.c_rome_denominator, r.ratio,
                   r.cos_unprefixed_prefixed, r.passed ? "pass" : ("FAIL: " + r.failures.front()).c_str());

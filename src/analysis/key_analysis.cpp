@@ -116,25 +116,18 @@ Pca fit_pca(const at::Tensor& points, int64_t components) {
   return pca;
 }
 
-KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
-                         const KeyRunContext& context, const KeyAnalysisOptions& options) {
-  check_subject_boundaries(loaded, requests);
-  const auto start = std::chrono::steady_clock::now();
-  const std::unique_ptr<KeySource> source = make_key_source(loaded);
-  const Tokenizer& tokenizer = *loaded.tokenizer;
-  const int64_t layer = config.hparams.layer;
-  KeyAnalysis analysis;
-  analysis.templates = context.templates;
-  analysis.prefix_tokens = options.prefix_tokens;
+namespace {
+
+// Step 1: every request's keys over all templates, C⁻¹k̄ and where kᵘ lies in the prefixed cloud.
+void add_request_keys(const KeySource& source, const LoadedModel& loaded, const EditConfig& config,
+                      const RequestSet& requests, const KeyRunContext& context, const KeyAnalysisOptions& options,
+                      KeyAnalysis& analysis) {
   int64_t passes = 0;
-  ProgressReporter* progress = options.progress;
-  if (progress) progress->set_total(static_cast<int64_t>(requests.requests.size() * context.templates.size()));
-  std::vector<KeySet> key_sets = compute_keys_batched(*source, tokenizer, loaded.add_bos, requests.requests,
-                                                      context.templates, layer, 0,
-                                                      options.max_batch_tokens, &passes, progress);
+  std::vector<KeySet> key_sets = compute_keys_batched(source, *loaded.tokenizer, loaded.add_bos, requests.requests,
+                                                      context.templates, config.hparams.layer, 0,
+                                                      options.max_batch_tokens, &passes, options.progress);
   analysis.forward_passes += passes;
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
-  std::vector<size_t> first_indices;  // subject-first requests
   for (size_t i = 0; i < requests.requests.size(); ++i) {
     RequestKeys r;
     static_cast<RequestIdentity&>(r) = identify_request(loaded, requests, i);
@@ -143,172 +136,217 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
     r.left_direction = moment ? cpu_double(solve_second_moment(*moment, k_bar, config.hparams.mom2_ridge)) : k_bar;
     r.stats = cloud_stats(r.keys);
     r.template_token_fraction_closed = kNaN;
-    if (r.subject_first) first_indices.push_back(i);
     analysis.requests.push_back(std::move(r));
   }
+}
 
-  // The position experiment: per k, one batched pass for the shifted arm and one for both prefix arms.
-  std::vector<std::vector<int64_t>> prefix_ids;
-  for (const std::string& context_template : context.templates)
-    prefix_ids.push_back(template_prefix_ids(tokenizer, context_template));
-  std::vector<EditRequest> first_requests;
-  for (size_t i : first_indices) first_requests.push_back(requests.requests[i]);
-  for (size_t i : first_indices) analysis.requests[i].probes.resize(options.prefix_tokens.size());
+// A template's joint tokenisation of a subject-first prompt, kept when it splits at the prefix
+// boundary (its first P tokens, after BOS, are the prefix text's own).
+struct TemplatedPrompt {
+  int64_t template_index;
+  std::vector<int64_t> ids;
+  int64_t subject_index;
+};
 
-  // Per subject-first request: the bare prompt's ids, and each template's joint tokenisation when
-  // it splits at the prefix boundary (its first P tokens are the prefix text's own).
-  struct Templated {
-    int64_t template_index;
-    std::vector<int64_t> ids;
-    int64_t subject_index;
-  };
-  std::vector<std::vector<int64_t>> bare_ids(first_requests.size());
-  std::vector<int64_t> bos_count(first_requests.size());
-  std::vector<std::vector<Templated>> templated(first_requests.size());
-  for (size_t q = 0; q < first_requests.size(); ++q) {
-    const EditRequest& request = first_requests[q];
-    bare_ids[q] = tokenizer.encode(fill_placeholder(request.prompt, request.subject), loaded.add_bos);
-    bos_count[q] =
-        loaded.add_bos && tokenizer.bos_id() && !bare_ids[q].empty() && bare_ids[q][0] == *tokenizer.bos_id() ? 1 : 0;
-    for (size_t t = 1; t < context.templates.size(); ++t) {
-      const std::string with_placeholder = fill_placeholder(context.templates[t], request.prompt);
+// What the position experiment feeds the model, tokenised once for every k.
+struct PositionInputs {
+  std::vector<size_t> first_indices;        // the subject-first requests' indices in the analysis
+  std::vector<EditRequest> first_requests;  // those requests
+  std::vector<std::vector<int64_t>> prefix_ids;  // per template: its prefix text's ids (no BOS)
+  std::vector<std::vector<int64_t>> bare_ids;    // per subject-first request: the bare prompt's ids
+  std::vector<int64_t> bos_count;                // ... and whether they start with BOS (0/1)
+  std::vector<std::vector<TemplatedPrompt>> templated;
+};
+
+PositionInputs position_inputs(const LoadedModel& loaded, const RequestSet& requests,
+                               const std::vector<std::string>& templates, const KeyAnalysis& analysis) {
+  const Tokenizer& tokenizer = *loaded.tokenizer;
+  PositionInputs in;
+  for (size_t i = 0; i < analysis.requests.size(); ++i)
+    if (analysis.requests[i].subject_first) {
+      in.first_indices.push_back(i);
+      in.first_requests.push_back(requests.requests[i]);
+    }
+  for (const std::string& context_template : templates)
+    in.prefix_ids.push_back(template_prefix_ids(tokenizer, context_template));
+  const size_t n = in.first_requests.size();
+  in.bare_ids.resize(n);
+  in.bos_count.resize(n);
+  in.templated.resize(n);
+  for (size_t q = 0; q < n; ++q) {
+    const EditRequest& request = in.first_requests[q];
+    in.bare_ids[q] = tokenizer.encode(fill_placeholder(request.prompt, request.subject), loaded.add_bos);
+    const std::vector<int64_t>& bare = in.bare_ids[q];
+    in.bos_count[q] = loaded.add_bos && tokenizer.bos_id() && !bare.empty() && bare[0] == *tokenizer.bos_id() ? 1 : 0;
+    for (size_t t = 1; t < templates.size(); ++t) {
+      const std::string with_placeholder = fill_placeholder(templates[t], request.prompt);
       std::vector<int64_t> ids = tokenizer.encode(fill_placeholder(with_placeholder, request.subject), loaded.add_bos);
-      const auto& prefix = prefix_ids[t];
-      const int64_t b = bos_count[q];
+      const auto& prefix = in.prefix_ids[t];
+      const int64_t b = in.bos_count[q];
       if (prefix.empty() || ids.size() < prefix.size() + b + 1 || !std::equal(prefix.begin(), prefix.end(), ids.begin() + b))
         continue;
-      templated[q].push_back({static_cast<int64_t>(t), std::move(ids),
-                              subject_last_index(tokenizer, loaded.add_bos, with_placeholder, request.subject)});
+      in.templated[q].push_back({static_cast<int64_t>(t), std::move(ids),
+                                 subject_last_index(tokenizer, loaded.add_bos, with_placeholder, request.subject)});
     }
   }
-  if (progress) {  // the experiment's prompts: token identity, then per k the shifted and prefixed rows
-    int64_t more = 0;
-    for (size_t q = 0; q < first_requests.size(); ++q) more += templated[q].empty() ? 0 : 1;
-    for (int64_t k : options.prefix_tokens) {
-      more += static_cast<int64_t>(first_requests.size());
-      for (size_t q = 0; q < first_requests.size(); ++q) {
-        for (size_t t = 1; t < prefix_ids.size(); ++t) more += static_cast<int64_t>(prefix_ids[t].size()) >= k ? 1 : 0;
-        for (const Templated& row : templated[q])
-          more += static_cast<int64_t>(prefix_ids[row.template_index].size()) >= k ? 1 : 0;
-      }
-    }
-    progress->set_total(progress->total() + more);
-  }
-  // Keeps the last k of a templated row's P prefix tokens (BOS stays).
-  auto cut_templated = [&](size_t q, const Templated& row, int64_t k) {
-    const int64_t b = bos_count[q], p = static_cast<int64_t>(prefix_ids[row.template_index].size());
-    KeyRow out;
-    out.ids.assign(row.ids.begin(), row.ids.begin() + b);
-    out.ids.insert(out.ids.end(), row.ids.begin() + b + (p - k), row.ids.end());
-    out.position = row.subject_index - (p - k);
-    return out;
-  };
-  struct Summary {
-    std::vector<at::Tensor> keys;
-    std::vector<int64_t> templates;
-    double distance = 0, fraction = 0, cos = 0;
-  };
-  auto summarise = [&](Summary& sum, const at::Tensor& key, int64_t template_index, const at::Tensor& k_bar, double base) {
-    const double d = distance(key, k_bar);
-    sum.distance += d;
-    sum.fraction += fraction_closed(d, base);
-    sum.cos += cosine(key, k_bar);
-    sum.keys.push_back(key);
-    sum.templates.push_back(template_index);
-  };
+  return in;
+}
 
-  if (!first_requests.empty()) {
-    // Token identity alone: the templates' subject tokens at the first position, no context.
-    std::vector<KeyRow> rows;
-    std::vector<size_t> owner;
-    for (size_t q = 0; q < first_requests.size(); ++q)
-      if (!templated[q].empty()) {
-        rows.push_back(cut_templated(q, templated[q][0], 0));
-        owner.push_back(q);
-      }
-    if (!rows.empty()) {
-      CollectedKeys collected = collect_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
-      analysis.forward_passes += collected.forward_passes;
-      for (size_t row = 0; row < rows.size(); ++row) {
-        RequestKeys& r = analysis.requests[first_indices[owner[row]]];
-        r.template_token_key = cpu_double(collected.keys[static_cast<int64_t>(row)]);
-        r.template_token_fraction_closed =
-            fraction_closed(distance(r.template_token_key, cpu_double(r.keys.prefixed_key_mean)), r.stats.unprefixed_distance);
-      }
+// The experiment's prompts through the model: token identity, then per k the shifted and prefixed rows.
+int64_t position_prompt_count(const PositionInputs& in, const std::vector<int64_t>& prefix_tokens) {
+  int64_t count = 0;
+  for (const auto& rows : in.templated) count += rows.empty() ? 0 : 1;
+  for (int64_t k : prefix_tokens) {
+    count += static_cast<int64_t>(in.first_requests.size());
+    for (size_t q = 0; q < in.first_requests.size(); ++q) {
+      for (size_t t = 1; t < in.prefix_ids.size(); ++t) count += static_cast<int64_t>(in.prefix_ids[t].size()) >= k ? 1 : 0;
+      for (const TemplatedPrompt& row : in.templated[q])
+        count += static_cast<int64_t>(in.prefix_ids[row.template_index].size()) >= k ? 1 : 0;
     }
   }
-  for (size_t p = 0; p < options.prefix_tokens.size() && !first_requests.empty(); ++p) {
-    const int64_t k = options.prefix_tokens[p];
-    // Position only: the bare prompt, position ids shifted by k.
-    std::vector<KeySet> shifted = compute_keys_batched(*source, tokenizer, loaded.add_bos, first_requests, {"{}"}, layer, k,
-                                                       options.max_batch_tokens, &passes, progress);
-    analysis.forward_passes += passes;
-    // Position and context: the real_prefix (arm 0) and template_prefix (arm 1) rows.
-    struct Owner {
-      size_t request;
-      int64_t template_index;
-      int arm;
-    };
-    std::vector<KeyRow> rows;
-    std::vector<Owner> owners;
-    for (size_t q = 0; q < first_requests.size(); ++q) {
-      const std::vector<int64_t>& bare = bare_ids[q];
-      const int64_t b = bos_count[q];
-      const int64_t index = analysis.requests[first_indices[q]].subject_last_index;
-      for (size_t t = 1; t < prefix_ids.size(); ++t) {
-        if (static_cast<int64_t>(prefix_ids[t].size()) < k) continue;
-        KeyRow row;
-        row.ids.assign(bare.begin(), bare.begin() + b);
-        row.ids.insert(row.ids.end(), prefix_ids[t].end() - k, prefix_ids[t].end());
-        row.ids.insert(row.ids.end(), bare.begin() + b, bare.end());
-        row.position = index + k;
-        rows.push_back(std::move(row));
-        owners.push_back({q, static_cast<int64_t>(t), 0});
-      }
-      for (const Templated& row : templated[q]) {
-        if (static_cast<int64_t>(prefix_ids[row.template_index].size()) < k) continue;
-        rows.push_back(cut_templated(q, row, k));
-        owners.push_back({q, row.template_index, 1});
-      }
-    }
-    at::Tensor prefix_keys;
-    if (!rows.empty()) {
-      CollectedKeys collected = collect_keys(*source, rows, layer, 0, options.max_batch_tokens, progress);
-      analysis.forward_passes += collected.forward_passes;
-      prefix_keys = cpu_double(collected.keys);
-    }
-    for (size_t q = 0; q < first_requests.size(); ++q) {
-      RequestKeys& r = analysis.requests[first_indices[q]];
-      const at::Tensor k_bar = cpu_double(r.keys.prefixed_key_mean);
-      const double base = r.stats.unprefixed_distance;
-      PositionProbe& probe = r.probes[p];
-      probe.prefix_tokens = k;
-      probe.shifted_key = cpu_double(shifted[q].unprefixed_key);
-      probe.shifted_distance = distance(probe.shifted_key, k_bar);
-      probe.shifted_fraction_closed = fraction_closed(probe.shifted_distance, base);
-      probe.shifted_cos = cosine(probe.shifted_key, k_bar);
-      Summary arms[2];
-      for (size_t row = 0; row < owners.size(); ++row)
-        if (owners[row].request == q)
-          summarise(arms[owners[row].arm], prefix_keys[static_cast<int64_t>(row)], owners[row].template_index, k_bar, base);
-      auto finish = [&](Summary& sum, at::Tensor& keys, std::vector<int64_t>& templates, double& dist, double& fraction,
-                        double& cos) {
-        const double m = static_cast<double>(sum.keys.size());
-        keys = sum.keys.empty() ? at::zeros({0, k_bar.size(0)}, at::kDouble) : at::stack(sum.keys, 0);
-        templates = sum.templates;
-        dist = sum.keys.empty() ? kNaN : sum.distance / m;
-        fraction = sum.keys.empty() ? kNaN : sum.fraction / m;
-        cos = sum.keys.empty() ? kNaN : sum.cos / m;
-      };
-      finish(arms[0], probe.real_prefix_keys, probe.real_prefix_templates, probe.real_prefix_distance,
-             probe.real_prefix_fraction_closed, probe.real_prefix_cos);
-      finish(arms[1], probe.template_prefix_keys, probe.template_prefix_templates, probe.template_prefix_distance,
-             probe.template_prefix_fraction_closed, probe.template_prefix_cos);
-    }
-  }
+  return count;
+}
 
-  if (progress) progress->finish();
-  // PCA of the prefixed clouds of every request (T[1..]; every template if there is only one).
+// A templated prompt keeping the last k of its P prefix tokens (BOS stays).
+KeyRow cut_templated(const PositionInputs& in, size_t q, const TemplatedPrompt& row, int64_t k) {
+  const int64_t b = in.bos_count[q], p = static_cast<int64_t>(in.prefix_ids[row.template_index].size());
+  KeyRow out;
+  out.ids.assign(row.ids.begin(), row.ids.begin() + b);
+  out.ids.insert(out.ids.end(), row.ids.begin() + b + (p - k), row.ids.end());
+  out.position = row.subject_index - (p - k);
+  return out;
+}
+
+// The bare prompt's ids with the last k tokens of template t's prefix text before them (BOS stays first).
+KeyRow real_prefix_row(const PositionInputs& in, size_t q, size_t t, int64_t k, int64_t subject_last_index) {
+  const std::vector<int64_t>& bare = in.bare_ids[q];
+  const int64_t b = in.bos_count[q];
+  KeyRow row;
+  row.ids.assign(bare.begin(), bare.begin() + b);
+  row.ids.insert(row.ids.end(), in.prefix_ids[t].end() - k, in.prefix_ids[t].end());
+  row.ids.insert(row.ids.end(), bare.begin() + b, bare.end());
+  row.position = subject_last_index + k;
+  return row;
+}
+
+// Step 2: token identity alone, the templates' subject tokens at the first position without context.
+void probe_template_tokens(const KeySource& source, const PositionInputs& in, int64_t layer,
+                           const KeyAnalysisOptions& options, KeyAnalysis& analysis) {
+  std::vector<KeyRow> rows;
+  std::vector<size_t> owner;
+  for (size_t q = 0; q < in.first_requests.size(); ++q)
+    if (!in.templated[q].empty()) {
+      rows.push_back(cut_templated(in, q, in.templated[q][0], 0));
+      owner.push_back(q);
+    }
+  if (rows.empty()) return;
+  CollectedKeys collected = collect_keys(source, rows, layer, 0, options.max_batch_tokens, options.progress);
+  analysis.forward_passes += collected.forward_passes;
+  for (size_t row = 0; row < rows.size(); ++row) {
+    RequestKeys& r = analysis.requests[in.first_indices[owner[row]]];
+    r.template_token_key = cpu_double(collected.keys[static_cast<int64_t>(row)]);
+    r.template_token_fraction_closed =
+        fraction_closed(distance(r.template_token_key, cpu_double(r.keys.prefixed_key_mean)), r.stats.unprefixed_distance);
+  }
+}
+
+// The rows of both prefix arms for one k, each with its request, template and arm
+// (0: real_prefix, 1: template_prefix).
+struct PrefixRows {
+  struct Owner {
+    size_t request;
+    int64_t template_index;
+    int arm;
+  };
+  std::vector<KeyRow> rows;
+  std::vector<Owner> owners;
+};
+
+PrefixRows prefix_rows(const PositionInputs& in, const KeyAnalysis& analysis, int64_t k) {
+  PrefixRows out;
+  for (size_t q = 0; q < in.first_requests.size(); ++q) {
+    const int64_t index = analysis.requests[in.first_indices[q]].subject_last_index;
+    for (size_t t = 1; t < in.prefix_ids.size(); ++t) {
+      if (static_cast<int64_t>(in.prefix_ids[t].size()) < k) continue;
+      out.rows.push_back(real_prefix_row(in, q, t, k, index));
+      out.owners.push_back({q, static_cast<int64_t>(t), 0});
+    }
+    for (const TemplatedPrompt& row : in.templated[q]) {
+      if (static_cast<int64_t>(in.prefix_ids[row.template_index].size()) < k) continue;
+      out.rows.push_back(cut_templated(in, q, row, k));
+      out.owners.push_back({q, row.template_index, 1});
+    }
+  }
+  return out;
+}
+
+// One arm's keys for one request, averaged into its probe fields (NaN when no template fits).
+struct ArmSummary {
+  std::vector<at::Tensor> keys;
+  std::vector<int64_t> templates;
+  double distance = 0, fraction = 0, cos = 0;
+
+  void add(const at::Tensor& key, int64_t template_index, const at::Tensor& k_bar, double base) {
+    const double d = rc::distance(key, k_bar);
+    distance += d;
+    fraction += fraction_closed(d, base);
+    cos += cosine(key, k_bar);
+    keys.push_back(key);
+    templates.push_back(template_index);
+  }
+  void write(int64_t features, at::Tensor& out_keys, std::vector<int64_t>& out_templates, double& out_distance,
+             double& out_fraction, double& out_cos) const {
+    const double m = static_cast<double>(keys.size());
+    out_keys = keys.empty() ? at::zeros({0, features}, at::kDouble) : at::stack(keys, 0);
+    out_templates = templates;
+    out_distance = keys.empty() ? kNaN : distance / m;
+    out_fraction = keys.empty() ? kNaN : fraction / m;
+    out_cos = keys.empty() ? kNaN : cos / m;
+  }
+};
+
+// One request's probe for one k from the shifted key and its rows among `rows`' keys.
+void fill_probe(RequestKeys& r, size_t q, size_t p, int64_t k, const at::Tensor& shifted_key, const PrefixRows& rows,
+                const at::Tensor& prefix_keys) {
+  const at::Tensor k_bar = cpu_double(r.keys.prefixed_key_mean);
+  const double base = r.stats.unprefixed_distance;
+  PositionProbe& probe = r.probes[p];
+  probe.prefix_tokens = k;
+  probe.shifted_key = cpu_double(shifted_key);
+  probe.shifted_distance = distance(probe.shifted_key, k_bar);
+  probe.shifted_fraction_closed = fraction_closed(probe.shifted_distance, base);
+  probe.shifted_cos = cosine(probe.shifted_key, k_bar);
+  ArmSummary arms[2];
+  for (size_t row = 0; row < rows.owners.size(); ++row)
+    if (rows.owners[row].request == q)
+      arms[rows.owners[row].arm].add(prefix_keys[static_cast<int64_t>(row)], rows.owners[row].template_index, k_bar, base);
+  arms[0].write(k_bar.size(0), probe.real_prefix_keys, probe.real_prefix_templates, probe.real_prefix_distance,
+                probe.real_prefix_fraction_closed, probe.real_prefix_cos);
+  arms[1].write(k_bar.size(0), probe.template_prefix_keys, probe.template_prefix_templates,
+                probe.template_prefix_distance, probe.template_prefix_fraction_closed, probe.template_prefix_cos);
+}
+
+// Step 3, per k: one batched pass for the shifted arm (position only) and one for both prefix arms
+// (position and context).
+void probe_prefix_tokens(const KeySource& source, const LoadedModel& loaded, const PositionInputs& in, int64_t layer,
+                         size_t p, int64_t k, const KeyAnalysisOptions& options, KeyAnalysis& analysis) {
+  int64_t passes = 0;
+  std::vector<KeySet> shifted = compute_keys_batched(source, *loaded.tokenizer, loaded.add_bos, in.first_requests, {"{}"},
+                                                     layer, k, options.max_batch_tokens, &passes, options.progress);
+  analysis.forward_passes += passes;
+  const PrefixRows rows = prefix_rows(in, analysis, k);
+  at::Tensor prefix_keys;
+  if (!rows.rows.empty()) {
+    CollectedKeys collected = collect_keys(source, rows.rows, layer, 0, options.max_batch_tokens, options.progress);
+    analysis.forward_passes += collected.forward_passes;
+    prefix_keys = cpu_double(collected.keys);
+  }
+  for (size_t q = 0; q < in.first_requests.size(); ++q)
+    fill_probe(analysis.requests[in.first_indices[q]], q, p, k, shifted[q].unprefixed_key, rows, prefix_keys);
+}
+
+// Step 4: PCA of the prefixed clouds of every request (T[1..]; every template if there is only one).
+void fit_cloud_pca(KeyAnalysis& analysis) {
   std::vector<at::Tensor> cloud;
   for (const RequestKeys& r : analysis.requests) {
     const at::Tensor all = cpu_double(r.keys.prefixed_keys);
@@ -316,127 +354,173 @@ KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, co
   }
   const at::Tensor cloud_points = at::cat(cloud, 0);
   if (cloud_points.size(0) >= 2) analysis.pca = fit_pca(cloud_points, 2);
+}
+
+}  // namespace
+
+KeyAnalysis analyze_keys(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests,
+                         const KeyRunContext& context, const KeyAnalysisOptions& options) {
+  check_subject_boundaries(loaded, requests);
+  const auto start = std::chrono::steady_clock::now();
+  const std::unique_ptr<KeySource> source = make_key_source(loaded);
+  const int64_t layer = config.hparams.layer;
+  KeyAnalysis analysis;
+  analysis.templates = context.templates;
+  analysis.prefix_tokens = options.prefix_tokens;
+  ProgressReporter* progress = options.progress;
+  if (progress) progress->set_total(static_cast<int64_t>(requests.requests.size() * context.templates.size()));
+  add_request_keys(*source, loaded, config, requests, context, options, analysis);
+
+  // The first-token experiment, on the subject-first requests only.
+  const PositionInputs inputs = position_inputs(loaded, requests, context.templates, analysis);
+  for (size_t i : inputs.first_indices) analysis.requests[i].probes.resize(options.prefix_tokens.size());
+  if (progress) progress->set_total(progress->total() + position_prompt_count(inputs, options.prefix_tokens));
+  if (!inputs.first_requests.empty()) {
+    probe_template_tokens(*source, inputs, layer, options, analysis);
+    for (size_t p = 0; p < options.prefix_tokens.size(); ++p)
+      probe_prefix_tokens(*source, loaded, inputs, layer, p, options.prefix_tokens[p], options, analysis);
+  }
+  if (progress) progress->finish();
+
+  fit_cloud_pca(analysis);
   analysis.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return analysis;
 }
 
+namespace {
+
+nlohmann::json arm_json(const std::vector<int64_t>& templates, double distance, double fraction, double cos) {
+  if (templates.empty()) return nullptr;  // no template's prefix has k tokens
+  return {{"templates", templates},
+          {"distance", number(distance)},
+          {"fraction_closed", number(fraction)},
+          {"cos_to_prefixed_mean", number(cos)}};
+}
+
+nlohmann::json probe_json(const PositionProbe& probe) {
+  return {{"prefix_tokens", probe.prefix_tokens},
+          {"shifted_positions",
+           {{"distance", number(probe.shifted_distance)},
+            {"fraction_closed", number(probe.shifted_fraction_closed)},
+            {"cos_to_prefixed_mean", number(probe.shifted_cos)}}},
+          {"real_prefix", arm_json(probe.real_prefix_templates, probe.real_prefix_distance,
+                                   probe.real_prefix_fraction_closed, probe.real_prefix_cos)},
+          {"template_prefix", arm_json(probe.template_prefix_templates, probe.template_prefix_distance,
+                                       probe.template_prefix_fraction_closed, probe.template_prefix_cos)}};
+}
+
+nlohmann::json request_row(const RequestKeys& r, size_t index) {
+  nlohmann::json probes = nullptr;
+  if (!r.probes.empty()) {
+    probes = nlohmann::json::array();
+    for (const PositionProbe& probe : r.probes) probes.push_back(probe_json(probe));
+  }
+  const CloudStats& s = r.stats;
+  nlohmann::json row = identity_json(r, index);
+  row.update({{"cos_unprefixed_prefixed", number(s.cos_unprefixed_prefixed)},
+              {"unprefixed_key_norm", s.unprefixed_key_norm},
+              {"prefixed_key_norm", s.prefixed_key_norm},
+              {"cloud_mean_key_norm", s.cloud_mean_key_norm},
+              {"cloud_mean_cos", number(s.cloud_mean_cos)},
+              {"unprefixed_distance", s.unprefixed_distance},
+              {"cloud_mean_distance", s.cloud_mean_distance},
+              {"relative_distance", number(s.relative_distance)},
+              {"cloud_share_closer", s.cloud_share_closer},
+              {"template_tokens_fraction_closed",
+               r.subject_first ? number(r.template_token_fraction_closed) : nlohmann::json()},
+              {"position_experiment", probes}});
+  return row;
+}
+
+// One request's keys in the PCA plane, for the figures.
+nlohmann::json pca_row(const Pca& pca, const RequestKeys& r, size_t index) {
+  auto point = [&](const at::Tensor& key) -> nlohmann::json { return to_vector(pca.project(key)); };
+  const at::Tensor all = cpu_double(r.keys.prefixed_keys);
+  nlohmann::json prefixed = nlohmann::json::array();
+  const at::Tensor projected = pca.project(all.size(0) > 1 ? all.slice(0, 1) : all);
+  for (int64_t j = 0; j < projected.size(0); ++j) prefixed.push_back(to_vector(projected[j]));
+  nlohmann::json shifted = nlohmann::json::object(), real = nlohmann::json::object(), templated = nlohmann::json::object();
+  for (const PositionProbe& probe : r.probes) {
+    shifted[std::to_string(probe.prefix_tokens)] = point(probe.shifted_key);
+    if (probe.real_prefix_keys.size(0) > 0) real[std::to_string(probe.prefix_tokens)] = point(probe.real_prefix_keys.mean(0));
+    if (probe.template_prefix_keys.size(0) > 0)
+      templated[std::to_string(probe.prefix_tokens)] = point(probe.template_prefix_keys.mean(0));
+  }
+  return {{"index", index},
+          {"subject_first", r.subject_first},
+          {"label", fill_placeholder(r.request.prompt, r.request.subject)},
+          {"prefixed", prefixed},
+          {"unprefixed", point(r.keys.unprefixed_key)},
+          {"prefixed_mean", point(r.keys.prefixed_key_mean)},
+          {"shifted", shifted},
+          {"real_prefix_mean", real},
+          {"template_prefix_mean", templated},
+          {"template_tokens", r.template_token_key.defined() ? point(r.template_token_key) : nlohmann::json()}};
+}
+
+// The per-request numbers of one group (subject first or later), summarised by describe().
+struct RequestGroup {
+  std::vector<double> relative_distance, cos, norm_ratio, share_closer;
+  std::vector<std::vector<double>> shifted, real, templated;  // per k (subject-first only)
+  std::vector<double> template_tokens;
+
+  explicit RequestGroup(size_t prefix_token_count)
+      : shifted(prefix_token_count), real(prefix_token_count), templated(prefix_token_count) {}
+
+  void add(const RequestKeys& r) {
+    const CloudStats& s = r.stats;
+    relative_distance.push_back(s.relative_distance);
+    cos.push_back(s.cos_unprefixed_prefixed);
+    norm_ratio.push_back(s.prefixed_key_norm > 0 ? s.unprefixed_key_norm / s.prefixed_key_norm : kNaN);
+    share_closer.push_back(s.cloud_share_closer);
+    if (r.subject_first) template_tokens.push_back(r.template_token_fraction_closed);
+    for (size_t p = 0; p < r.probes.size(); ++p) {
+      shifted[p].push_back(r.probes[p].shifted_fraction_closed);
+      real[p].push_back(r.probes[p].real_prefix_fraction_closed);
+      templated[p].push_back(r.probes[p].template_prefix_fraction_closed);
+    }
+  }
+
+  nlohmann::json to_json(const std::vector<int64_t>& prefix_tokens, bool with_probes) const {
+    nlohmann::json out = {{"requests", relative_distance.size()},
+                          {"relative_distance", describe(relative_distance)},
+                          {"cos_unprefixed_prefixed", describe(cos)},
+                          {"unprefixed_to_prefixed_norm_ratio", describe(norm_ratio)},
+                          {"cloud_share_closer", describe(share_closer)}};
+    if (!with_probes) return out;
+    nlohmann::json probes = nlohmann::json::array();
+    for (size_t p = 0; p < prefix_tokens.size(); ++p)
+      probes.push_back({{"prefix_tokens", prefix_tokens[p]},
+                        {"shifted_positions_fraction_closed", describe(shifted[p])},
+                        {"real_prefix_fraction_closed", describe(real[p])},
+                        {"template_prefix_fraction_closed", describe(templated[p])}});
+    out["position_experiment"] = probes;
+    out["template_tokens_fraction_closed"] = describe(template_tokens);
+    return out;
+  }
+};
+
+}  // namespace
+
 nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, const EditConfig& config,
                        const RequestSet& requests) {
   const bool has_pca = analysis.pca.components.defined();
-  auto point = [&](const at::Tensor& key) -> nlohmann::json { return to_vector(analysis.pca.project(key)); };
   nlohmann::json rows = nlohmann::json::array(), pca_rows = nlohmann::json::array();
-  struct Group {
-    std::vector<double> relative_distance, cos, norm_ratio, share_closer;
-    std::vector<std::vector<double>> shifted, real, templated;
-    std::vector<double> template_tokens;
-  } first, later;
-  first.shifted.resize(analysis.prefix_tokens.size());
-  first.real.resize(analysis.prefix_tokens.size());
-  first.templated.resize(analysis.prefix_tokens.size());
+  RequestGroup first(analysis.prefix_tokens.size()), later(analysis.prefix_tokens.size());
   for (size_t i = 0; i < analysis.requests.size(); ++i) {
     const RequestKeys& r = analysis.requests[i];
-    const CloudStats& s = r.stats;
-    Group& group = r.subject_first ? first : later;
-    group.relative_distance.push_back(s.relative_distance);
-    group.cos.push_back(s.cos_unprefixed_prefixed);
-    group.norm_ratio.push_back(s.prefixed_key_norm > 0 ? s.unprefixed_key_norm / s.prefixed_key_norm : kNaN);
-    group.share_closer.push_back(s.cloud_share_closer);
-    nlohmann::json probes = nullptr;
-    if (r.subject_first) group.template_tokens.push_back(r.template_token_fraction_closed);
-    if (!r.probes.empty()) {
-      probes = nlohmann::json::array();
-      for (size_t p = 0; p < r.probes.size(); ++p) {
-        const PositionProbe& probe = r.probes[p];
-        first.shifted[p].push_back(probe.shifted_fraction_closed);
-        first.real[p].push_back(probe.real_prefix_fraction_closed);
-        first.templated[p].push_back(probe.template_prefix_fraction_closed);
-        probes.push_back({{"prefix_tokens", probe.prefix_tokens},
-                          {"shifted_positions",
-                           {{"distance", number(probe.shifted_distance)},
-                            {"fraction_closed", number(probe.shifted_fraction_closed)},
-                            {"cos_to_prefixed_mean", number(probe.shifted_cos)}}},
-                          {"real_prefix",
-                           probe.real_prefix_templates.empty()
-                               ? nlohmann::json()
-                               : nlohmann::json{{"templates", probe.real_prefix_templates},
-                                                {"distance", number(probe.real_prefix_distance)},
-                                                {"fraction_closed", number(probe.real_prefix_fraction_closed)},
-                                                {"cos_to_prefixed_mean", number(probe.real_prefix_cos)}}},
-                          {"template_prefix",
-                           probe.template_prefix_templates.empty()
-                               ? nlohmann::json()
-                               : nlohmann::json{{"templates", probe.template_prefix_templates},
-                                                {"distance", number(probe.template_prefix_distance)},
-                                                {"fraction_closed", number(probe.template_prefix_fraction_closed)},
-                                                {"cos_to_prefixed_mean", number(probe.template_prefix_cos)}}}});
-      }
-    }
-    nlohmann::json row = identity_json(r, i);
-    row.update({{"cos_unprefixed_prefixed", number(s.cos_unprefixed_prefixed)},
-                {"unprefixed_key_norm", s.unprefixed_key_norm},
-                {"prefixed_key_norm", s.prefixed_key_norm},
-                {"cloud_mean_key_norm", s.cloud_mean_key_norm},
-                {"cloud_mean_cos", number(s.cloud_mean_cos)},
-                {"unprefixed_distance", s.unprefixed_distance},
-                {"cloud_mean_distance", s.cloud_mean_distance},
-                {"relative_distance", number(s.relative_distance)},
-                {"cloud_share_closer", s.cloud_share_closer},
-                {"template_tokens_fraction_closed",
-                 r.subject_first ? number(r.template_token_fraction_closed) : nlohmann::json()},
-                {"position_experiment", probes}});
-    rows.push_back(std::move(row));
-    if (has_pca) {
-      const at::Tensor all = cpu_double(r.keys.prefixed_keys);
-      nlohmann::json prefixed = nlohmann::json::array();
-      const at::Tensor projected = analysis.pca.project(all.size(0) > 1 ? all.slice(0, 1) : all);
-      for (int64_t j = 0; j < projected.size(0); ++j) prefixed.push_back(to_vector(projected[j]));
-      nlohmann::json shifted = nlohmann::json::object(), real = nlohmann::json::object(),
-                     templated = nlohmann::json::object();
-      for (const PositionProbe& probe : r.probes) {
-        shifted[std::to_string(probe.prefix_tokens)] = point(probe.shifted_key);
-        if (probe.real_prefix_keys.size(0) > 0)
-          real[std::to_string(probe.prefix_tokens)] = point(probe.real_prefix_keys.mean(0));
-        if (probe.template_prefix_keys.size(0) > 0)
-          templated[std::to_string(probe.prefix_tokens)] = point(probe.template_prefix_keys.mean(0));
-      }
-      pca_rows.push_back({{"index", i},
-                          {"subject_first", r.subject_first},
-                          {"label", fill_placeholder(r.request.prompt, r.request.subject)},
-                          {"prefixed", prefixed},
-                          {"unprefixed", point(r.keys.unprefixed_key)},
-                          {"prefixed_mean", point(r.keys.prefixed_key_mean)},
-                          {"shifted", shifted},
-                          {"real_prefix_mean", real},
-                          {"template_prefix_mean", templated},
-                          {"template_tokens", r.template_token_key.defined() ? point(r.template_token_key)
-                                                                             : nlohmann::json()}});
-    }
+    (r.subject_first ? first : later).add(r);
+    rows.push_back(request_row(r, i));
+    if (has_pca) pca_rows.push_back(pca_row(analysis.pca, r, i));
   }
-  auto group_json = [&](const Group& g, bool with_probes) {
-    nlohmann::json out = {{"requests", g.relative_distance.size()},
-                          {"relative_distance", describe(g.relative_distance)},
-                          {"cos_unprefixed_prefixed", describe(g.cos)},
-                          {"unprefixed_to_prefixed_norm_ratio", describe(g.norm_ratio)},
-                          {"cloud_share_closer", describe(g.share_closer)}};
-    if (with_probes) {
-      nlohmann::json probes = nlohmann::json::array();
-      for (size_t p = 0; p < analysis.prefix_tokens.size(); ++p)
-        probes.push_back({{"prefix_tokens", analysis.prefix_tokens[p]},
-                          {"shifted_positions_fraction_closed", describe(g.shifted[p])},
-                          {"real_prefix_fraction_closed", describe(g.real[p])},
-                          {"template_prefix_fraction_closed", describe(g.templated[p])}});
-      out["position_experiment"] = probes;
-      out["template_tokens_fraction_closed"] = describe(g.template_tokens);
-    }
-    return out;
-  };
   nlohmann::json out;
   out["schema_version"] = 1;
   out["command"] = "keys";
   out["layer"] = config.hparams.layer;
   out["prefix_tokens"] = analysis.prefix_tokens;
   out["requests"] = rows;
-  out["summary"] = {{"subject_first", group_json(first, true)}, {"subject_later", group_json(later, false)},
+  out["summary"] = {{"subject_first", first.to_json(analysis.prefix_tokens, true)},
+                    {"subject_later", later.to_json(analysis.prefix_tokens, false)},
                     {"skipped", requests.skipped.size()}};
   out["skipped_records"] = requests.skipped;
   if (has_pca)
@@ -449,11 +533,7 @@ nlohmann::json to_json(const KeyAnalysis& analysis, const LoadedModel& loaded, c
     out["pca"] = nullptr;
   out["context_templates"] = analysis.templates;
   out["timings_s"] = {{"keys_and_analysis", analysis.seconds}, {"forward_passes", analysis.forward_passes}};
-  out["provenance"] = base_provenance(loaded, config);
-  // Which module's input the keys are (a decoder's MLP down-projection, or T5's encoder wo).
-  out["provenance"]["rewrite_weight"] = make_key_source(loaded)->rewrite_weight_name(config.hparams.layer);
-  out["provenance"]["requests_source"] = requests.source;
-  out["provenance"]["requests_format"] = to_string(requests.format);
+  out["provenance"] = key_run_provenance(loaded, config, requests);
   return out;
 }
 
@@ -515,8 +595,7 @@ std::string format_key_summary(const KeyAnalysis& analysis) {
   text += line;
   for (size_t i = 0; i < analysis.requests.size(); ++i) {
     const RequestKeys& r = analysis.requests[i];
-    std::string label = r.request.prompt + " (" + r.request.subject + ")";
-    if (label.size() > 40) label = label.substr(0, 37) + "...";
+    const std::string label = table_label(r.request);
     std::snprintf(line, sizeof line, "%4zu  %-40s %5s %9.3f %8.3f %10.3f\n", i, label.c_str(),
                   r.subject_first ? "yes" : "no", r.stats.relative_distance, r.stats.cos_unprefixed_prefixed,
                   r.stats.unprefixed_key_norm / r.stats.prefixed_key_norm);

@@ -13,16 +13,13 @@ namespace {
 
 using json = nlohmann::json;
 
-// A well-formed record whose request cannot be edited (empty target, subject not in the prompt).
-struct UnusableRecord : InputError {
-  using InputError::InputError;
-};
-
+// A dataset record's request that normalize_request refuses for any reason (even an oversized field)
+// is unusable, not malformed: the file reads, and a run that selects the record reports why.
 EditRequest usable_request(const EditRequest& request, const std::string& where) {
   try {
     return normalize_request(request, where);
   } catch (const InputError& e) {
-    throw UnusableRecord(e.what());
+    throw UnusableRequest(e.what());
   }
 }
 
@@ -118,9 +115,9 @@ EditRecord zsre_rome(const json& record, const std::string& where) {
   out.request.subject = text_field(record, "subject", where);
   out.request.target_new = text_field(record, "alt", where);
   // Name zsRE's own fields rather than the request's.
-  if (out.request.target_new.empty()) throw UnusableRecord(where + ": field \"alt\" (target_new) is empty");
+  if (out.request.target_new.empty()) throw UnusableRequest(where + ": field \"alt\" (target_new) is empty");
   if (out.request.prompt.find(out.request.subject) == std::string::npos)
-    throw UnusableRecord(where + ": field \"src\" does not contain the subject \"" + out.request.subject + "\"");
+    throw UnusableRequest(where + ": field \"src\" does not contain the subject \"" + out.request.subject + "\"");
   if (record.contains("answers") && record["answers"].is_array() && !record["answers"].empty())
     out.request.target_true = text_field(record, "answers", where, true);
   else if (record.contains("pred"))
@@ -146,6 +143,7 @@ DatasetFormat parse_dataset_format(const std::string& name, const std::string& w
 std::string to_string(DatasetFormat format) {
   switch (format) {
     case DatasetFormat::Auto: return "auto";
+    case DatasetFormat::Requests: return "requests";
     case DatasetFormat::CounterfactRome: return "counterfact-rome";
     case DatasetFormat::EasyEdit: return "easyedit";
     case DatasetFormat::ZsreRome: return "zsre-rome";
@@ -162,6 +160,40 @@ DatasetFormat detect_dataset_format(const json& record, const std::string& where
                    "\"src\"+\"alt\" (zsre-rome) or \"prompt\"+\"target_new\" (easyedit))");
 }
 
+bool is_dataset_record(const json& record) {
+  if (!record.is_object()) return false;
+  for (const char* key : {"requested_rewrite", "src", "alt", "ground_truth", "rephrase_prompt", "locality_prompt",
+                          "locality_ground_truth", "locality", "portability"})
+    if (record.contains(key)) return true;
+  return false;
+}
+
+DatasetFormat detect_record_format(const json& record, const std::string& where) {
+  return is_dataset_record(record) ? detect_dataset_format(record, where) : DatasetFormat::Requests;
+}
+
+EditRecord parse_edit_record(const json& record, const std::string& where, DatasetFormat format) {
+  if (format == DatasetFormat::Auto) format = detect_record_format(record, where);
+  try {
+    switch (format) {
+      case DatasetFormat::Requests: {
+        EditRecord out;
+        out.request = parse_request(record, where);  // strict: a misspelt field is an error
+        return out;
+      }
+      case DatasetFormat::CounterfactRome: return counterfact_rome(record, where);
+      case DatasetFormat::EasyEdit: return easyedit(record, where);
+      case DatasetFormat::ZsreRome: return zsre_rome(record, where);
+      case DatasetFormat::Auto: break;
+    }
+  } catch (const UnusableRequest& e) {
+    EditRecord out;
+    out.invalid = e.what();
+    return out;
+  }
+  return {};
+}
+
 Dataset parse_dataset(const json& data, const std::string& source, DatasetFormat format) {
   if (!data.is_array()) throw InputError(source + ": expected a JSON list of records");
   if (data.empty()) throw InputError(source + ": no records");
@@ -173,18 +205,7 @@ Dataset parse_dataset(const json& data, const std::string& source, DatasetFormat
     const std::string where = source + ": record " + std::to_string(i);
     const json& record = data[i];
     if (!record.is_object()) throw InputError(where + ": expected a JSON object");
-    EditRecord out;
-    try {
-      switch (dataset.format) {
-        case DatasetFormat::CounterfactRome: out = counterfact_rome(record, where); break;
-        case DatasetFormat::EasyEdit: out = easyedit(record, where); break;
-        case DatasetFormat::ZsreRome: out = zsre_rome(record, where); break;
-        case DatasetFormat::Auto: break;
-      }
-    } catch (const UnusableRecord& e) {
-      out = EditRecord{};
-      out.invalid = e.what();
-    }
+    EditRecord out = parse_edit_record(record, where, dataset.format);
     out.position = static_cast<int64_t>(i);
     out.case_id = out.position;
     if (record.contains("case_id")) {

@@ -12,6 +12,7 @@
 
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
+#include "rome_collapse/util/utf8.h"
 
 namespace rc {
 namespace {
@@ -31,24 +32,6 @@ uint64_t element_size(const std::string& descr, const std::string& where) {
   if (descr.size() > 12) throw InputError(where + ": unsupported dtype '" + descr + "'");
   const uint64_t n = std::stoull(descr.substr(2));
   return descr[1] == 'U' ? 4 * n : n;  // "<U": UCS-4 code units
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += char(cp);
-  } else if (cp < 0x800) {
-    out += char(0xC0 | (cp >> 6));
-    out += char(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += char(0xE0 | (cp >> 12));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  } else {
-    out += char(0xF0 | (cp >> 18));
-    out += char(0x80 | ((cp >> 12) & 0x3F));
-    out += char(0x80 | ((cp >> 6) & 0x3F));
-    out += char(0x80 | (cp & 0x3F));
-  }
 }
 
 // UTF-8 to code points; an invalid byte becomes U+FFFD.

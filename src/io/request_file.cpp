@@ -12,26 +12,6 @@
 namespace rc {
 namespace {
 
-// Dataset records (CounterFact, EasyEdit, ZsRE) as opposed to plain requests, by the fields only
-// a dataset has; anything else is read as a plain request, strictly (a misspelt field is an error).
-bool is_dataset_record(const nlohmann::json& record) {
-  if (!record.is_object()) return false;
-  for (const char* key : {"requested_rewrite", "src", "alt", "ground_truth", "rephrase_prompt", "locality_prompt",
-                          "locality_ground_truth", "locality", "portability"})
-    if (record.contains(key)) return true;
-  return false;
-}
-
-RequestFormat from_dataset_format(DatasetFormat format) {
-  switch (format) {
-    case DatasetFormat::CounterfactRome: return RequestFormat::CounterFact;
-    case DatasetFormat::EasyEdit: return RequestFormat::EasyEdit;
-    case DatasetFormat::ZsreRome: return RequestFormat::Zsre;
-    case DatasetFormat::Auto: break;
-  }
-  return RequestFormat::Plain;
-}
-
 std::vector<nlohmann::json> parse_records(const std::string& text, const std::string& source) {
   const bool lines_by_name = source.size() > 6 && source.compare(source.size() - 6, 6, ".jsonl") == 0;
   if (!lines_by_name) {
@@ -63,24 +43,15 @@ nlohmann::json record_id(const nlohmann::json& record, size_t index) {
 
 }  // namespace
 
-std::string to_string(RequestFormat format) {
-  switch (format) {
-    case RequestFormat::Plain: return "requests";
-    case RequestFormat::CounterFact: return "counterfact";
-    case RequestFormat::EasyEdit: return "easyedit";
-    case RequestFormat::Zsre: return "zsre";
-  }
-  return "?";
-}
-
-EditRequest parse_request_record(const nlohmann::json& record, const std::string& where, RequestFormat* format) {
+EditRequest parse_request_record(const nlohmann::json& record, const std::string& where, DatasetFormat* format) {
   if (!is_dataset_record(record)) {
-    if (format) *format = RequestFormat::Plain;
+    if (format) *format = DatasetFormat::Requests;
     return parse_request(record, where);  // strict: a misspelt field is an error
   }
+  // A dataset record is read as a one-record dataset: its format detection, field and case_id rules.
   Dataset one = parse_dataset(nlohmann::json::array({record}), where);
   if (!one.records.at(0).invalid.empty()) throw UnusableRequest(one.records[0].invalid);
-  if (format) *format = from_dataset_format(one.format);
+  if (format) *format = one.format;
   return one.records.at(0).request;
 }
 
@@ -89,27 +60,28 @@ RequestSet read_request_file(const std::filesystem::path& path) {
   set.source = path.string();
   std::vector<nlohmann::json> records = parse_records(read_file(path), set.source);
   if (records.empty()) fail_input(set.source, "no requests in the file");
-  if (is_dataset_record(records[0])) {
-    // Dataset files are read by eval/dataset (its format detection and field rules).
-    Dataset dataset = parse_dataset(nlohmann::json(records), set.source);
-    set.format = from_dataset_format(dataset.format);
-    for (const EditRecord& record : dataset.records) {
-      if (!record.invalid.empty()) {
-        set.skipped.push_back(record.invalid);
-        continue;
-      }
-      set.requests.push_back(record.request);
-      set.ids.push_back(record.case_id);
+  // The first record decides the layout of the file, as in a dataset.
+  set.format = detect_record_format(records[0], set.source + ": record 0");
+  std::vector<EditRecord> read;
+  std::vector<nlohmann::json> ids;
+  if (set.format == DatasetFormat::Requests) {
+    // Plain requests: a case_id of any type (or none: the index) is the id, unchecked.
+    for (size_t i = 0; i < records.size(); ++i) {
+      read.push_back(parse_edit_record(records[i], set.source + ": record " + std::to_string(i), set.format));
+      ids.push_back(record_id(records[i], i));
     }
   } else {
-    for (size_t i = 0; i < records.size(); ++i) {
-      try {
-        set.requests.push_back(parse_request(records[i], set.source + ": record " + std::to_string(i)));
-        set.ids.push_back(record_id(records[i], i));
-      } catch (const UnusableRequest& e) {
-        set.skipped.push_back(e.what());
-      }
+    // Dataset records: parse_dataset's rules (integer, unique case ids).
+    read = parse_dataset(nlohmann::json(records), set.source, set.format).records;
+    for (const EditRecord& record : read) ids.push_back(record.case_id);
+  }
+  for (size_t i = 0; i < read.size(); ++i) {
+    if (!read[i].invalid.empty()) {
+      set.skipped.push_back(read[i].invalid);
+      continue;
     }
+    set.requests.push_back(read[i].request);
+    set.ids.push_back(ids[i]);
   }
   if (set.requests.empty())
     fail_input(set.source, "no usable request (" + std::to_string(set.skipped.size()) + " skipped: " +

@@ -20,13 +20,18 @@ ArchitectureSpec named(Architecture arch, const std::string& model_type, const s
   return spec;
 }
 
+// GPT-2's config.json names (n_embd, n_layer, ...), which GPT-J's config keeps; d_ff defaults to 4 d_model.
+void set_gpt2_config_names(ConfigFields& f) {
+  f.vocab_size = {"vocab_size"}, f.d_model = {"n_embd"}, f.n_layers = {"n_layer"}, f.n_heads = {"n_head"};
+  f.max_positions = {"n_positions"}, f.d_ff = {"n_inner"}, f.d_ff_multiple = 4;
+  f.norm_eps = {"layer_norm_epsilon"}, f.activation = {"activation_function"}, f.default_activation = "gelu_new";
+}
+
 // GPT-2 (modeling_gpt2.py): learned positions, pre-LN, Conv1D weights, fused [q | k | v], tied head.
 ArchitectureSpec gpt2_spec() {
   ArchitectureSpec s = named(Architecture::GPT2, "gpt2", "GPT-2");
   auto& f = s.fields;
-  f.vocab_size = {"vocab_size"}, f.d_model = {"n_embd"}, f.n_layers = {"n_layer"}, f.n_heads = {"n_head"};
-  f.max_positions = {"n_positions"}, f.d_ff = {"n_inner"}, f.d_ff_multiple = 4;
-  f.norm_eps = {"layer_norm_epsilon"}, f.activation = {"activation_function"}, f.default_activation = "gelu_new";
+  set_gpt2_config_names(f);
   f.default_tied = true;
   s.positions = PositionScheme::Learned;
   s.qkv = QkvLayout::FusedBlocks;
@@ -61,9 +66,7 @@ ArchitectureSpec gpt2_spec() {
 ArchitectureSpec gptj_spec() {
   ArchitectureSpec s = named(Architecture::GPTJ, "gptj", "GPT-J");
   auto& f = s.fields;
-  f.vocab_size = {"vocab_size"}, f.d_model = {"n_embd"}, f.n_layers = {"n_layer"}, f.n_heads = {"n_head"};
-  f.max_positions = {"n_positions"}, f.d_ff = {"n_inner"}, f.d_ff_multiple = 4;
-  f.norm_eps = {"layer_norm_epsilon"}, f.activation = {"activation_function"}, f.default_activation = "gelu_new";
+  set_gpt2_config_names(f);
   f.default_tied = false;
   f.rotary_dim = "rotary_dim", f.default_rotary_dim = 64;  // GPTJConfig default; null: the whole head
   s.rotary_pairing = RotaryPairing::Interleaved;

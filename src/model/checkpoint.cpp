@@ -199,11 +199,24 @@ at::Tensor permute_for_rotate_half(const at::Tensor& weight, int64_t n_heads, in
   return weight.view({n_heads, dim1 / n_heads / 2, 2, dim2}).transpose(1, 2).reshape({dim1, dim2});  // [dim1, dim2]
 }
 
-Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
+// The legacy llama2.c header: seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads,
+// vocab_size, seq_len); a negative vocab_size means the classifier is stored after the weights.
+struct Llama2cHeader {
+  int64_t dim = 0, hidden = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab = 0, seq_len = 0;
+  int32_t vocab_field = 0;  // as written (its sign says whether wcls is stored)
+  bool shared_classifier = false;
+  int64_t head_dim = 0, kv_dim = 0;
+
+  std::string text() const {
+    return "dim=" + std::to_string(dim) + " hidden_dim=" + std::to_string(hidden) + " n_layers=" +
+           std::to_string(n_layers) + " n_heads=" + std::to_string(n_heads) + " n_kv_heads=" +
+           std::to_string(n_kv_heads) + " vocab_size=" + std::to_string(vocab_field) + " seq_len=" + std::to_string(seq_len);
+  }
+};
+
+// The header's fields, each positive (vocab_size nonzero) and the head shapes consistent.
+Llama2cHeader read_llama2c_header(const fs::path& path, uintmax_t file_size) {
   const std::string file = path.string();
-  std::error_code size_error;
-  const uintmax_t file_size = fs::file_size(path, size_error);
-  if (size_error) fail_input(file, "cannot read the file size: " + size_error.message());
   const std::string prefix = read_prefix(path, 28);
   if (prefix.size() >= 4) {
     uint32_t magic = 0;
@@ -224,21 +237,28 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
                            std::string(field_names[i]) + "' is " + std::to_string(header[i]) +
                            " (must be positive)");
   }
-  const int64_t dim = header[0], hidden = header[1], n_layers = header[2], n_heads = header[3],
-                n_kv_heads = header[4], seq_len = header[6];
-  const bool shared_classifier = header[5] > 0;  // negative vocab_size: wcls stored at the end
-  const int64_t vocab = header[5] > 0 ? header[5] : -static_cast<int64_t>(header[5]);
-  if (dim % n_heads != 0)
-    fail_input(file, "llama2.c header: dim (" + std::to_string(dim) + ") is not divisible by n_heads (" +
-                         std::to_string(n_heads) + ")");
-  if (n_heads % n_kv_heads != 0)
-    fail_input(file, "llama2.c header: n_heads (" + std::to_string(n_heads) + ") is not divisible by n_kv_heads (" +
-                         std::to_string(n_kv_heads) + ")");
-  const int64_t head_dim = dim / n_heads;
-  if (head_dim % 2 != 0)
-    fail_input(file, "llama2.c header: head size dim/n_heads (" + std::to_string(head_dim) + ") must be even");
-  const int64_t kv_dim = head_dim * n_kv_heads;
+  Llama2cHeader h;
+  h.dim = header[0], h.hidden = header[1], h.n_layers = header[2], h.n_heads = header[3], h.n_kv_heads = header[4];
+  h.seq_len = header[6];
+  h.vocab_field = header[5];
+  h.shared_classifier = header[5] > 0;  // negative vocab_size: wcls stored at the end
+  h.vocab = header[5] > 0 ? header[5] : -static_cast<int64_t>(header[5]);
+  if (h.dim % h.n_heads != 0)
+    fail_input(file, "llama2.c header: dim (" + std::to_string(h.dim) + ") is not divisible by n_heads (" +
+                         std::to_string(h.n_heads) + ")");
+  if (h.n_heads % h.n_kv_heads != 0)
+    fail_input(file, "llama2.c header: n_heads (" + std::to_string(h.n_heads) + ") is not divisible by n_kv_heads (" +
+                         std::to_string(h.n_kv_heads) + ")");
+  h.head_dim = h.dim / h.n_heads;
+  if (h.head_dim % 2 != 0)
+    fail_input(file, "llama2.c header: head size dim/n_heads (" + std::to_string(h.head_dim) + ") must be even");
+  h.kv_dim = h.head_dim * h.n_kv_heads;
+  return h;
+}
 
+// The file is exactly as long as the header implies: a size check before reading anything, so that
+// a corrupt header cannot make the reader allocate or read past the end.
+void check_llama2c_size(const Llama2cHeader& h, const std::string& file, uintmax_t file_size) {
   // Every count below is a product of int32 values, so it fits int64 except for pathological
   // headers; those are caught by the overflow check.
   bool overflow = false;
@@ -247,76 +267,79 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
     for (int64_t factor : factors) overflow |= __builtin_mul_overflow(product, factor, &product);
     return product;
   };
+  const int64_t dim = h.dim, hidden = h.hidden, n_layers = h.n_layers, kv_dim = h.kv_dim;
   int64_t floats = 0;
-  for (int64_t count : {mul({vocab, dim}), mul({n_layers, dim}), mul({n_layers, dim, dim}),
+  for (int64_t count : {mul({h.vocab, dim}), mul({n_layers, dim}), mul({n_layers, dim, dim}),
                         mul({n_layers, kv_dim, dim}), mul({n_layers, kv_dim, dim}), mul({n_layers, dim, dim}),
                         mul({n_layers, dim}), mul({n_layers, hidden, dim}), mul({n_layers, dim, hidden}),
-                        mul({n_layers, hidden, dim}), dim, mul({seq_len, head_dim / 2, 2}),
-                        shared_classifier ? int64_t{0} : mul({vocab, dim})})
+                        mul({n_layers, hidden, dim}), dim, mul({h.seq_len, h.head_dim / 2, 2}),
+                        h.shared_classifier ? int64_t{0} : mul({h.vocab, dim})})
     overflow |= __builtin_add_overflow(floats, count, &floats);
   int64_t expected_size = 0;
   overflow |= __builtin_mul_overflow(floats, int64_t{4}, &expected_size);
   overflow |= __builtin_add_overflow(expected_size, int64_t{28}, &expected_size);
   if (overflow) fail_input(file, "llama2.c header describes a model too large to address (corrupt header?)");
-  std::string dims_text = "dim=" + std::to_string(dim) + " hidden_dim=" + std::to_string(hidden) +
-                          " n_layers=" + std::to_string(n_layers) + " n_heads=" + std::to_string(n_heads) +
-                          " n_kv_heads=" + std::to_string(n_kv_heads) + " vocab_size=" + std::to_string(header[5]) +
-                          " seq_len=" + std::to_string(seq_len);
   if (file_size < static_cast<uintmax_t>(expected_size))
-    fail_input(file, "truncated llama2.c checkpoint: the header (" + dims_text + ") implies " +
+    fail_input(file, "truncated llama2.c checkpoint: the header (" + h.text() + ") implies " +
                          std::to_string(expected_size) + " bytes but the file has " + std::to_string(file_size));
   if (file_size > static_cast<uintmax_t>(expected_size))
     fail_input(file, "llama2.c checkpoint has " + std::to_string(file_size - expected_size) +
-                         " extra bytes: the header (" + dims_text + ") implies " + std::to_string(expected_size) +
+                         " extra bytes: the header (" + h.text() + ") implies " + std::to_string(expected_size) +
                          " bytes but the file has " + std::to_string(file_size) +
                          " (not a llama2.c file, or a different export version?)");
+}
 
-  Float32Reader reader(path, 28);
-  at::Tensor embedding = reader.read({vocab, dim}, "token_embedding_table");  // [V, D]
-  at::Tensor rms_att = reader.read({n_layers, dim}, "rms_att_weight");         // [L, D]
-  at::Tensor wq = reader.read({n_layers, dim, dim}, "wq");                     // [L, D, D]
-  at::Tensor wk = reader.read({n_layers, kv_dim, dim}, "wk");                  // [L, KV*hd, D]
-  at::Tensor wv = reader.read({n_layers, kv_dim, dim}, "wv");                  // [L, KV*hd, D]
-  at::Tensor wo = reader.read({n_layers, dim, dim}, "wo");                     // [L, D, D]
-  at::Tensor rms_ffn = reader.read({n_layers, dim}, "rms_ffn_weight");         // [L, D]
-  at::Tensor w1 = reader.read({n_layers, hidden, dim}, "w1");                  // [L, F, D]
-  at::Tensor w2 = reader.read({n_layers, dim, hidden}, "w2");                  // [L, D, F]
-  at::Tensor w3 = reader.read({n_layers, hidden, dim}, "w3");                  // [L, F, D]
-  at::Tensor rms_final = reader.read({dim}, "rms_final_weight");               // [D]
-  reader.skip(static_cast<uint64_t>(seq_len * head_dim));  // freq_cis_real/imag: recomputed from rope_theta
-  at::Tensor classifier = shared_classifier ? embedding : reader.read({vocab, dim}, "wcls");  // [V, D]
-
-  Checkpoint checkpoint;
-  checkpoint.source = file;
-  checkpoint.format = "llama2c";
-  ModelConfig& config = checkpoint.config;
-  config = default_config(Architecture::Llama);
+// A Llama config with the header's shapes and llama2.c's fixed constants.
+ModelConfig llama2c_config(const Llama2cHeader& h) {
+  ModelConfig config = default_config(Architecture::Llama);
   config.model_type = "llama2c";
-  config.vocab_size = vocab;
-  config.d_model = dim;
-  config.n_layers = n_layers;
-  config.n_heads = n_heads;
-  config.n_kv_heads = n_kv_heads;
-  config.head_dim = head_dim;
-  config.d_ff = hidden;
-  config.max_positions = seq_len;
+  config.vocab_size = h.vocab;
+  config.d_model = h.dim;
+  config.n_layers = h.n_layers;
+  config.n_heads = h.n_heads;
+  config.n_kv_heads = h.n_kv_heads;
+  config.head_dim = h.head_dim;
+  config.d_ff = h.hidden;
+  config.max_positions = h.seq_len;
   config.norm_eps = 1e-5;
   config.rope_theta = 10000.0;
-  config.rotary_dim = head_dim;
-  config.tie_word_embeddings = shared_classifier;
+  config.rotary_dim = h.head_dim;
+  config.tie_word_embeddings = h.shared_classifier;
   config.bos_token_id = 1;
   config.eos_token_id = 2;
+  return config;
+}
+
+// Reads the weights in file order and stores them under the Hugging Face Llama names, q and k
+// permuted for rotate_half.
+void read_llama2c_weights(const fs::path& path, const Llama2cHeader& h, at::ScalarType compute_dtype,
+                          Checkpoint& checkpoint) {
+  const int64_t dim = h.dim, hidden = h.hidden, n_layers = h.n_layers, kv_dim = h.kv_dim;
+  Float32Reader reader(path, 28);
+  at::Tensor embedding = reader.read({h.vocab, dim}, "token_embedding_table");  // [V, D]
+  at::Tensor rms_att = reader.read({n_layers, dim}, "rms_att_weight");           // [L, D]
+  at::Tensor wq = reader.read({n_layers, dim, dim}, "wq");                       // [L, D, D]
+  at::Tensor wk = reader.read({n_layers, kv_dim, dim}, "wk");                    // [L, KV*hd, D]
+  at::Tensor wv = reader.read({n_layers, kv_dim, dim}, "wv");                    // [L, KV*hd, D]
+  at::Tensor wo = reader.read({n_layers, dim, dim}, "wo");                       // [L, D, D]
+  at::Tensor rms_ffn = reader.read({n_layers, dim}, "rms_ffn_weight");           // [L, D]
+  at::Tensor w1 = reader.read({n_layers, hidden, dim}, "w1");                    // [L, F, D]
+  at::Tensor w2 = reader.read({n_layers, dim, hidden}, "w2");                    // [L, D, F]
+  at::Tensor w3 = reader.read({n_layers, hidden, dim}, "w3");                    // [L, F, D]
+  at::Tensor rms_final = reader.read({dim}, "rms_final_weight");                 // [D]
+  reader.skip(static_cast<uint64_t>(h.seq_len * h.head_dim));  // freq_cis_real/imag: recomputed from rope_theta
+  at::Tensor classifier = h.shared_classifier ? embedding : reader.read({h.vocab, dim}, "wcls");  // [V, D]
 
   auto put = [&](const std::string& name, const at::Tensor& tensor) {
     checkpoint.tensors[name] = tensor.to(compute_dtype).contiguous();
-    check_finite_weight(checkpoint.tensors[name], name, file);
+    check_finite_weight(checkpoint.tensors[name], name, checkpoint.source);
   };
   put("model.embed_tokens.weight", embedding);
   for (int64_t i = 0; i < n_layers; ++i) {
     const std::string prefix_i = "model.layers." + std::to_string(i) + ".";
     put(prefix_i + "input_layernorm.weight", rms_att[i]);
-    put(prefix_i + "self_attn.q_proj.weight", permute_for_rotate_half(wq[i], n_heads, dim, dim));
-    put(prefix_i + "self_attn.k_proj.weight", permute_for_rotate_half(wk[i], n_kv_heads, kv_dim, dim));
+    put(prefix_i + "self_attn.q_proj.weight", permute_for_rotate_half(wq[i], h.n_heads, dim, dim));
+    put(prefix_i + "self_attn.k_proj.weight", permute_for_rotate_half(wk[i], h.n_kv_heads, kv_dim, dim));
     put(prefix_i + "self_attn.v_proj.weight", wv[i]);
     put(prefix_i + "self_attn.o_proj.weight", wo[i]);
     put(prefix_i + "post_attention_layernorm.weight", rms_ffn[i]);
@@ -325,12 +348,26 @@ Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
     put(prefix_i + "mlp.up_proj.weight", w3[i]);
   }
   put("model.norm.weight", rms_final);
-  if (shared_classifier) {
+  if (h.shared_classifier) {
     // Same storage as the embedding, as in the tied HF model.
     checkpoint.tensors["lm_head.weight"] = checkpoint.tensors.at("model.embed_tokens.weight");
   } else {
     put("lm_head.weight", classifier);
   }
+}
+
+Checkpoint load_llama2c(const fs::path& path, at::ScalarType compute_dtype) {
+  const std::string file = path.string();
+  std::error_code size_error;
+  const uintmax_t file_size = fs::file_size(path, size_error);
+  if (size_error) fail_input(file, "cannot read the file size: " + size_error.message());
+  const Llama2cHeader header = read_llama2c_header(path, file_size);
+  check_llama2c_size(header, file, file_size);
+  Checkpoint checkpoint;
+  checkpoint.source = file;
+  checkpoint.format = "llama2c";
+  checkpoint.config = llama2c_config(header);
+  read_llama2c_weights(path, header, compute_dtype, checkpoint);
   return checkpoint;
 }
 

@@ -11,9 +11,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bpe_merges.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/json.h"
+#include "rome_collapse/util/utf8.h"
 
 namespace rc {
 namespace {
@@ -28,19 +30,6 @@ constexpr const char* kEndOfText = "<|endoftext|>";
 constexpr int64_t kMaxTokenId = 10'000'000;
 // Bound on cached words so a long-running process cannot grow without limit.
 constexpr size_t kMaxCachedWords = 500'000;
-
-void append_utf8(std::string& out, uint32_t code_point) {
-  if (code_point < 0x80) {
-    out += static_cast<char>(code_point);
-  } else if (code_point < 0x800) {
-    out += static_cast<char>(0xC0 | (code_point >> 6));
-    out += static_cast<char>(0x80 | (code_point & 0x3F));
-  } else {  // the byte table only needs code points below U+0800; larger ones are for completeness
-    out += static_cast<char>(0xE0 | (code_point >> 12));
-    out += static_cast<char>(0x80 | ((code_point >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code_point & 0x3F));
-  }
-}
 
 // OpenAI's bytes_to_unicode(): printable bytes stand for themselves, the others are shifted to
 // U+0100.. so that every byte has a visible, non-space character in the vocabulary.
@@ -223,8 +212,7 @@ BpeTokenizer::BpeTokenizer(const std::unordered_map<std::string, int64_t>& vocab
     if (left_it == vocab.end() || right_it == vocab.end() || merged_it == vocab.end())
       fail_input(merges_source, "merge #" + std::to_string(rank + 1) + " '" + left + " " + right +
                                     "' uses a token missing from the vocabulary");
-    uint64_t key = (static_cast<uint64_t>(left_it->second) << 32) | static_cast<uint64_t>(right_it->second);
-    merge_by_pair_.emplace(key, std::make_pair(static_cast<int32_t>(rank), merged_it->second));  // first rank wins
+    merge_by_pair_.emplace(bpe::merge_key(left_it->second, right_it->second), std::make_pair(static_cast<int32_t>(rank), merged_it->second));  // first rank wins
   }
 
   for (const auto& added : added_tokens) {
@@ -244,22 +232,9 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::from_vocab_and_merges(const std::fil
                                                                    const std::filesystem::path& merges_txt) {
   auto vocab = parse_vocab_object(parse_json_file(vocab_json), vocab_json.string());
 
-  std::string merges_text = read_file(merges_txt);
   std::vector<std::pair<std::string, std::string>> merges;
-  size_t line_start = 0;
-  for (size_t line_number = 1; line_start < merges_text.size(); ++line_number) {
-    size_t line_end = merges_text.find('\n', line_start);
-    if (line_end == std::string::npos) line_end = merges_text.size();
-    std::string line = merges_text.substr(line_start, line_end - line_start);
-    line_start = line_end + 1;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || (line_number == 1 && line.rfind("#version", 0) == 0)) continue;
-    auto merge = split_merge(line);
-    if (!merge)
-      fail_input(merges_txt.string(), "line " + std::to_string(line_number) +
-                                          ": expected two symbols separated by one space, got '" + line + "'");
-    merges.push_back(std::move(*merge));
-  }
+  for (bpe::MergeLine& merge : bpe::read_merges_txt(merges_txt))
+    merges.emplace_back(std::move(merge.left), std::move(merge.right));
   if (merges.empty()) fail_input(merges_txt.string(), "no merges");
 
   std::unique_ptr<BpeTokenizer> tokenizer(
@@ -342,33 +317,8 @@ std::vector<int64_t> BpeTokenizer::bpe(const std::string& word) const {
   std::vector<int64_t> symbols;
   symbols.reserve(word.size());
   for (unsigned char byte : word) symbols.push_back(byte_ids_[byte]);
-  auto pair_key = [](int64_t left, int64_t right) {
-    return (static_cast<uint64_t>(left) << 32) | static_cast<uint64_t>(right);
-  };
-  // As encoder.py: repeatedly apply the lowest-ranked merge present, to all its occurrences.
-  std::vector<int64_t> merged;
-  while (symbols.size() > 1) {
-    const std::pair<int32_t, int64_t>* best = nullptr;
-    uint64_t best_key = 0;
-    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-      auto it = merge_by_pair_.find(pair_key(symbols[i], symbols[i + 1]));
-      if (it != merge_by_pair_.end() && (!best || it->second.first < best->first)) {
-        best = &it->second;
-        best_key = it->first;
-      }
-    }
-    if (!best) break;
-    merged.clear();
-    for (size_t i = 0; i < symbols.size(); ++i) {
-      if (i + 1 < symbols.size() && pair_key(symbols[i], symbols[i + 1]) == best_key) {
-        merged.push_back(best->second);
-        ++i;
-      } else {
-        merged.push_back(symbols[i]);
-      }
-    }
-    symbols.swap(merged);
-  }
+  bpe::merge_lowest_ranked(
+      symbols, merge_by_pair_, [](int64_t id) { return id; }, [](int64_t merged, int64_t, int64_t) { return merged; });
   return symbols;
 }
 

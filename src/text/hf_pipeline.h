@@ -18,7 +18,6 @@ namespace rc::hf {
 // Length of the well-formed UTF-8 character at `pos` (1..4), or 0 when the bytes there are not one.
 size_t utf8_char_length(std::string_view text, size_t pos);
 uint32_t utf8_decode(std::string_view text, size_t pos, size_t length);
-void append_utf8(std::string& out, uint32_t code_point);
 // As Rust's String::from_utf8_lossy: each maximal ill-formed subsequence becomes U+FFFD.
 std::string utf8_lossy(std::string_view bytes);
 

@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bpe_merges.h"
 #include "rome_collapse/text/hf_tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -32,25 +33,13 @@ json parse_json(const fs::path& path) {
 
 // merges.txt: an optional "#version" first line, then "a b" per line, by rank.
 json read_merges(const fs::path& merges_txt, const json& vocab) {
-  const std::string text = read_file(merges_txt);
   json merges = json::array();
-  size_t line_start = 0;
-  for (size_t line_number = 1; line_start < text.size(); ++line_number) {
-    size_t line_end = text.find('\n', line_start);
-    if (line_end == std::string::npos) line_end = text.size();
-    std::string line = text.substr(line_start, line_end - line_start);
-    line_start = line_end + 1;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || (line_number == 1 && line.rfind("#version", 0) == 0)) continue;
-    size_t space = line.find(' ');
-    if (space == std::string::npos || space == 0 || space + 1 >= line.size() || line.find(' ', space + 1) != std::string::npos)
-      fail_input(merges_txt.string(), "line " + std::to_string(line_number) +
-                                          ": expected two symbols separated by one space, got '" + line + "'");
-    const std::string left = line.substr(0, space), right = line.substr(space + 1);
-    if (!vocab.contains(left) || !vocab.contains(right) || !vocab.contains(left + right))
-      fail_input(merges_txt.string(), "line " + std::to_string(line_number) + ": merge '" + line +
+  for (const bpe::MergeLine& merge : bpe::read_merges_txt(merges_txt)) {
+    const std::string line = merge.left + " " + merge.right;
+    if (!vocab.contains(merge.left) || !vocab.contains(merge.right) || !vocab.contains(merge.left + merge.right))
+      fail_input(merges_txt.string(), "line " + std::to_string(merge.line_number) + ": merge '" + line +
                                           "' uses a token missing from vocab.json");
-    merges.push_back(std::move(line));
+    merges.push_back(line);
   }
   if (merges.empty()) fail_input(merges_txt.string(), "no merges");
   return merges;

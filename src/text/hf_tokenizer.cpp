@@ -14,10 +14,12 @@
 #include <nlohmann/json.hpp>
 #include <unicode/uchar.h>
 
+#include "bpe_merges.h"
 #include "hf_pipeline.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/json.h"
+#include "rome_collapse/util/utf8.h"
 
 namespace rc {
 namespace {
@@ -42,7 +44,7 @@ const std::array<std::string, 256>& byte_symbols() {
     uint32_t next_shifted = 256;
     for (int b = 0; b < 256; ++b) {
       bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-      hf::append_utf8(symbols[b], printable ? static_cast<uint32_t>(b) : next_shifted++);
+      append_utf8(symbols[b], printable ? static_cast<uint32_t>(b) : next_shifted++);
     }
     return symbols;
   }();
@@ -238,30 +240,9 @@ std::vector<Tok> BpeModel::symbolize(const std::string& word) const {
 // Repeatedly merges every occurrence of the lowest-ranked mergeable pair (GPT-2's encoder.py; the
 // same result as the crate's priority queue).
 void BpeModel::merge(std::vector<Tok>& symbols) const {
-  auto key = [](int64_t left, int64_t right) { return (static_cast<uint64_t>(left) << 32) | static_cast<uint64_t>(right); };
-  std::vector<Tok> merged;
-  while (symbols.size() > 1) {
-    const std::pair<int32_t, int64_t>* best = nullptr;
-    uint64_t best_key = 0;
-    for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-      auto it = merges.find(key(symbols[i].id, symbols[i + 1].id));
-      if (it != merges.end() && (!best || it->second.first < best->first)) {
-        best = &it->second;
-        best_key = it->first;
-      }
-    }
-    if (!best) break;
-    merged.clear();
-    for (size_t i = 0; i < symbols.size(); ++i) {
-      if (i + 1 < symbols.size() && key(symbols[i].id, symbols[i + 1].id) == best_key) {
-        merged.push_back({best->second, symbols[i].length + symbols[i + 1].length});
-        ++i;
-      } else {
-        merged.push_back(symbols[i]);
-      }
-    }
-    symbols.swap(merged);
-  }
+  bpe::merge_lowest_ranked(
+      symbols, merges, [](const Tok& symbol) { return symbol.id; },
+      [](int64_t merged, const Tok& left, const Tok& right) { return Tok{merged, left.length + right.length}; });
 }
 
 // The word cache is per thread, as in the crate (BPE_LOCAL_CACHE): encode() runs from several
@@ -618,8 +599,7 @@ void read_bpe_merges(const json& model, const std::string& source, BpeModel& bpe
     if (left_it == bpe.vocab.end() || right_it == bpe.vocab.end() || merged_it == bpe.vocab.end())
       fail_input(source, "model.merges[" + std::to_string(rank) + "] '" + left + " " + right +
                              "' uses a token missing from model.vocab");
-    uint64_t key = (static_cast<uint64_t>(left_it->second) << 32) | static_cast<uint64_t>(right_it->second);
-    bpe.merges.emplace(key, std::make_pair(static_cast<int32_t>(rank), merged_it->second));  // first rank wins
+    bpe.merges.emplace(rc::bpe::merge_key(left_it->second, right_it->second), std::make_pair(static_cast<int32_t>(rank), merged_it->second));  // first rank wins
   }
 }
 

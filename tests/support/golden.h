@@ -10,6 +10,10 @@
 
 #include "support/test_support.h"
 
+namespace rc {
+class CausalLM;
+}
+
 namespace rc::test {
 
 // Parsed once per process.
@@ -50,5 +54,14 @@ inline ::testing::AssertionResult scalar_close_rel(double actual, double expecte
   return ::testing::AssertionFailure() << what << ": " << actual << " vs expected " << expected << " (relative diff "
                                        << rel << " > " << rtol << ")";
 }
+
+// ROME's optimisation recomputes each row from its own start (ragged windows, left-aligned, with
+// per-row positions and each row's cache masked from that start on). Expects, for every row r of
+// `rows` padded into one batch, that recomputing it from position starts[r] (< past) on, entering
+// layer `start_layer` with the full pass's hidden states and the first `past` cached positions, gives
+// the full forward pass's logits there (atol 1e-5). `what` names the model in failures.
+void expect_ragged_rows_match_full_pass(const CausalLM& model, const std::vector<std::vector<int64_t>>& rows,
+                                        const std::vector<int64_t>& starts, int64_t start_layer, int64_t past,
+                                        const std::string& what);
 
 }  // namespace rc::test

@@ -102,6 +102,11 @@ RequestIdentity identify_request(const LoadedModel& loaded, const RequestSet& re
 // {"index", "id", "request", "subject_first", "subject_first_token", "subject_last_index"}, to which a
 // report adds its own numbers.
 nlohmann::json identity_json(const RequestIdentity& identity, size_t index);
+// The provenance of a check or keys report: base_provenance plus the weight whose input the keys are
+// and where the requests came from (file or config, and the layout read).
+nlohmann::json key_run_provenance(const LoadedModel& loaded, const EditConfig& config, const RequestSet& requests);
+// "prompt (subject)" in at most 40 bytes, the first column of the check and keys tables.
+std::string table_label(const EditRequest& request);
 
 // ---- The check itself ------------------------------------------------------------------
 

@@ -8,6 +8,8 @@
 //                     locality_prompt + locality_ground_truth, or "locality": {KEY: {prompt, ground_truth}}
 //   zsre-rome         ROME/MEND zsRE: subject, src, alt (new), answers[0] or pred (true), rephrase,
 //                     loc ("nq question: ..." kept as is), loc_ans
+// and plain edit requests ("requests": {prompt, subject, target_new, target_true}, io/request.h), which
+// request files (io/request_file.h) hold. Each layout has one reader here (parse_edit_record).
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -19,9 +21,12 @@
 
 namespace rc {
 
-enum class DatasetFormat { Auto, CounterfactRome, EasyEdit, ZsreRome };
-DatasetFormat parse_dataset_format(const std::string& name, const std::string& where);  // "auto" | "counterfact-rome" | ...
-std::string to_string(DatasetFormat format);
+// The one enum of record layouts, for datasets and request files alike. Auto: detect from the first record.
+enum class DatasetFormat { Auto, Requests, CounterfactRome, EasyEdit, ZsreRome };
+// A batch config's dataset.format: "auto" | "counterfact-rome" | "easyedit" | "zsre-rome" (a dataset
+// needs paraphrase and neighbourhood prompts, which plain requests lack, so "requests" is not offered).
+DatasetFormat parse_dataset_format(const std::string& name, const std::string& where);
+std::string to_string(DatasetFormat format);  // the names above; Requests is "requests"
 
 struct LocalityPrompt {
   std::string prompt;
@@ -50,7 +55,18 @@ struct Dataset {
 Dataset read_dataset(const std::filesystem::path& path, DatasetFormat format = DatasetFormat::Auto);
 Dataset parse_dataset(const nlohmann::json& json, const std::string& source, DatasetFormat format = DatasetFormat::Auto);
 
-// The format of one record, judged by its fields; InputError naming `where` when none fits.
+// The format of one dataset record, judged by its fields; InputError naming `where` when none fits.
 DatasetFormat detect_dataset_format(const nlohmann::json& record, const std::string& where);
+
+// A record with a field only datasets have (requested_rewrite, src, ground_truth, locality, ...);
+// anything else is read as a plain request, strictly (a misspelt field is an error).
+bool is_dataset_record(const nlohmann::json& record);
+// Requests for a plain request, else detect_dataset_format.
+DatasetFormat detect_record_format(const nlohmann::json& record, const std::string& where);
+
+// One record in `format` (not Auto), by that format's reader; InputError for a malformed record. A
+// well-formed record whose request cannot be edited comes back with `invalid` set. position and case_id
+// are left to the caller (a dataset requires integer, unique case ids; a request file does not).
+EditRecord parse_edit_record(const nlohmann::json& record, const std::string& where, DatasetFormat format);
 
 }  // namespace rc

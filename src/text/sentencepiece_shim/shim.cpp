@@ -35,6 +35,26 @@ void set_error(char** error, const std::string& message) {
   if (error != nullptr) *error = copy_string(message);
 }
 
+// True, with *error set, when SentencePiece reports a failure.
+bool failed(const sentencepiece::util::Status& status, char** error) {
+  if (status.ok()) return false;
+  set_error(error, status.ToString());
+  return true;
+}
+
+// body()'s result, or `failure` with *error set when it throws: no C++ exception may cross the C API.
+template <class Result, class Body>
+Result guarded(char** error, Result failure, Body body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    set_error(error, e.what());
+  } catch (...) {
+    set_error(error, "unknown exception");
+  }
+  return failure;
+}
+
 sentencepiece::SentencePieceProcessor* processor(void* handle) {
   return static_cast<sentencepiece::SentencePieceProcessor*>(handle);
 }
@@ -48,20 +68,12 @@ ROME_SPM_EXPORT int rome_spm_api_version() { return 1; }
 // rome_spm_free_string) on failure.
 ROME_SPM_EXPORT void* rome_spm_load(const char* bytes, size_t size, char** error) {
   if (error != nullptr) *error = nullptr;
-  try {
+  return guarded<void*>(error, nullptr, [&]() -> void* {
     auto proc = std::make_unique<sentencepiece::SentencePieceProcessor>();
     auto status = proc->LoadFromSerializedProto(std::string(bytes == nullptr ? "" : bytes, bytes == nullptr ? 0 : size));
-    if (!status.ok()) {
-      set_error(error, status.ToString());
-      return nullptr;
-    }
+    if (failed(status, error)) return nullptr;
     return proc.release();
-  } catch (const std::exception& e) {
-    set_error(error, e.what());
-  } catch (...) {
-    set_error(error, "unknown exception");
-  }
-  return nullptr;
+  });
 }
 
 ROME_SPM_EXPORT void rome_spm_free(void* handle) { delete processor(handle); }
@@ -73,14 +85,11 @@ ROME_SPM_EXPORT int rome_spm_encode(void* handle, const char* text, size_t size,
   if (error != nullptr) *error = nullptr;
   *ids = nullptr;
   *count = 0;
-  try {
+  return guarded(error, 1, [&] {
     std::vector<int> pieces;
     auto status = processor(handle)->Encode(std::string(text == nullptr ? "" : text, text == nullptr ? 0 : size),
                                             &pieces);
-    if (!status.ok()) {
-      set_error(error, status.ToString());
-      return 1;
-    }
+    if (failed(status, error)) return 1;
     if (!pieces.empty()) {
       *ids = static_cast<int*>(std::malloc(pieces.size() * sizeof(int)));
       if (*ids == nullptr) {
@@ -91,12 +100,7 @@ ROME_SPM_EXPORT int rome_spm_encode(void* handle, const char* text, size_t size,
     }
     *count = pieces.size();
     return 0;
-  } catch (const std::exception& e) {
-    set_error(error, e.what());
-  } catch (...) {
-    set_error(error, "unknown exception");
-  }
-  return 1;
+  });
 }
 
 // Decodes `count` ids into a malloc'ed buffer *text of *size bytes (NUL-terminated as well; freed
@@ -106,14 +110,10 @@ ROME_SPM_EXPORT int rome_spm_decode(void* handle, const int* ids, size_t count, 
   if (error != nullptr) *error = nullptr;
   *text = nullptr;
   *size = 0;
-  try {
+  return guarded(error, 1, [&] {
     std::vector<int> pieces(ids, ids + count);
     std::string decoded;
-    auto status = processor(handle)->Decode(pieces, &decoded);
-    if (!status.ok()) {
-      set_error(error, status.ToString());
-      return 1;
-    }
+    if (failed(processor(handle)->Decode(pieces, &decoded), error)) return 1;
     *text = copy_string(decoded);
     if (*text == nullptr) {
       set_error(error, "out of memory");
@@ -121,12 +121,7 @@ ROME_SPM_EXPORT int rome_spm_decode(void* handle, const int* ids, size_t count, 
     }
     *size = decoded.size();
     return 0;
-  } catch (const std::exception& e) {
-    set_error(error, e.what());
-  } catch (...) {
-    set_error(error, "unknown exception");
-  }
-  return 1;
+  });
 }
 
 ROME_SPM_EXPORT int rome_spm_piece_size(void* handle) { return processor(handle)->GetPieceSize(); }
