@@ -27,6 +27,180 @@ std::vector<double> to_vector(const at::Tensor& tensor) {
   return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
 }
 
+// Per phase: seconds (after the device's queued work has run) and peak memory on that device.
+class PhaseClock {
+ public:
+  PhaseClock(c10::Device device, bool enabled) : device_(device), enabled_(enabled) {}
+  void begin() {
+    if (enabled_) reset_peak_memory(device_);
+    start_ = Clock::now();
+  }
+  void end(const char* phase) {
+    if (!enabled_) return;
+    synchronize(device_);
+    seconds[phase] = seconds_since(start_);
+    peak_mib[phase] = peak_memory_mib(device_);
+  }
+  std::map<std::string, double> seconds, peak_mib;
+
+ private:
+  c10::Device device_;
+  bool enabled_;
+  Clock::time_point start_;
+};
+
+// Templates: the context templates applied to the prompt (+ the target's first tokens), and the KL
+// prompt, as one batch for the keys and v*.
+ValueBatch templated_prompts(const LoadedModel& loaded, const EditConfig& config, const EditRequest& request,
+                             const EditContext& context) {
+  const CausalLM& model = *loaded.model;
+  ValueBatch batch = build_value_batch(*loaded.tokenizer, loaded.add_bos, request, context.templates,
+                                       config.hparams.kl_prompt, loaded.pad_id(), model.device());
+  if (batch.ids.size(1) > model.config().max_positions)
+    throw InputError(config.source + ": request: a rewriting prompt has " + std::to_string(batch.ids.size(1)) +
+                     " tokens, more than the model's context of " + std::to_string(model.config().max_positions));
+  return batch;
+}
+
+// Keys k̄ and kᵘ: from the pass the batch shares with v* when its tokens up to the subject are the
+// templates' own, else from a pass over the templates alone.
+KeySet edit_keys(const LoadedModel& loaded, const EditRequest& request, const EditContext& context,
+                 const ValueBatch& batch, const RewriteLayerInput& layer_input, int64_t layer) {
+  const int64_t templates_n = batch.rewriting_rows;
+  if (batch.keys_match_template_encoding)
+    return key_set_from_rows(layer_input.keys.slice(0, 0, templates_n), layer_input.outputs.slice(0, 0, templates_n));
+  return compute_keys(*loaded.model, *loaded.tokenizer, loaded.add_bos, request, context.templates, layer,
+                      loaded.pad_id());
+}
+
+// Where the subject sits in the bare prompt (the paper's collapse cases are "subject first").
+void locate_subject(const LoadedModel& loaded, const EditRequest& request, EditOutcome& outcome) {
+  const Tokenizer& tokenizer = *loaded.tokenizer;
+  outcome.subject_last_index = subject_last_index(tokenizer, loaded.add_bos, request.prompt, request.subject);
+  const int64_t first_position = loaded.add_bos && tokenizer.bos_id() ? 1 : 0;
+  outcome.subject_first_token = outcome.subject_last_index == first_position;
+  // The paper's "subject first": the prompt starts with the subject (its first token is the
+  // prompt's first token), whatever the subject's length.
+  outcome.subject_first = request.prompt.rfind("{}", 0) == 0;
+}
+
+// The update's and keys' numbers in the result: denominator, norms, the optimisation's trajectory.
+void describe_update(const EditOutcome& outcome, double weight_norm, nlohmann::json& result) {
+  const auto& u = outcome.update;
+  result["denominator"] = u.denominator;
+  result["abs_denominator"] = std::abs(u.denominator);
+  result["numerator_norm"] = u.numerator_norm;
+  result["update_norm"] = u.update_norm;
+  result["relative_update_norm"] = u.update_norm / weight_norm;
+  result["right_vector_norm"] = u.right.norm().item<double>();
+  const auto& keys = outcome.keys;
+  result["cos_unprefixed_prefixed"] =
+      at::cosine_similarity(keys.unprefixed_key.to(at::kDouble), keys.prefixed_key_mean.to(at::kDouble), 0).item<double>();
+  result["unprefixed_key_norm"] = keys.unprefixed_key.to(at::kDouble).norm().item<double>();
+  result["prefixed_key_norm"] = keys.prefixed_key_mean.to(at::kDouble).norm().item<double>();
+  result["optimisation"] = {{"iterations", outcome.value.iterations},
+                            {"adam_steps", outcome.value.adam_steps},
+                            {"loss", outcome.value.loss},
+                            {"nll", outcome.value.nll},
+                            {"kl", outcome.value.kl},
+                            {"weight_decay", outcome.value.weight_decay}};
+}
+
+// The target's scores with ΔW applied: NLL of target_new on the scored prompt (efficacy) and the
+// log-probabilities of both targets on the bare prompt.
+struct TargetMetrics {
+  std::optional<double> nll_after, efficacy;
+};
+TargetMetrics score_targets(const LoadedModel& loaded, const EditRequest& request, const std::string& scored_prompt,
+                            nlohmann::json& result) {
+  const CausalLM& model = *loaded.model;
+  const Tokenizer& tokenizer = *loaded.tokenizer;
+  const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
+  TargetScore new_score = score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_new);
+  result["logprob_target_new_after"] = new_score.mean_logprob;
+  result["logprob_target_true_after"] =
+      request.target_true.empty()
+          ? nlohmann::json(nullptr)
+          : nlohmann::json(score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_true).mean_logprob);
+  const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new);
+  result["efficacy"] = efficacy_score.token_accuracy;
+  result["efficacy_prompt"] = scored_prompt;
+  return {-efficacy_score.mean_logprob, efficacy_score.token_accuracy};
+}
+
+// Perplexity before and after ΔW, and whether the model collapsed.
+void perplexity_metrics(const CausalLM& model, const EditConfig& config, const EditContext& context,
+                        nlohmann::json& result) {
+  if (!context.perplexity_before) {
+    result["perplexity_before"] = nullptr;
+    result["perplexity_after"] = nullptr;
+    result["collapse"] = nullptr;
+    return;
+  }
+  PerplexitySummary after = perplexity(model, context.perplexity_ids, config.perplexity_batch_size);
+  result["perplexity_before"] = to_json(*context.perplexity_before, false);
+  result["perplexity_after"] = to_json(after, false);
+  result["collapse"] = after.mean > config.collapse_ratio * context.perplexity_before->mean;
+}
+
+// Metrics: ΔW applied to W, perplexity and target scores, W restored afterwards (bit for bit: the
+// original tensor is put back) unless keep_update; then the convergence verdict.
+void edit_metrics(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
+                  const EditContext& context, const EditOptions& options, const at::Tensor& delta_weight,
+                  const ValueOptimization& value, nlohmann::json& result) {
+  const int64_t layer = config.hparams.layer;
+  const std::string scored_prompt = efficacy_prompt(request, method, context.templates, config.prefix_index);
+  std::optional<double> target_nll_before;
+  TargetMetrics after;
+  if (options.evaluate)
+    target_nll_before =
+        -score_target(*loaded.model, *loaded.tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
+  const at::Tensor original_weight = loaded.model->rewrite_weight(layer);
+  loaded.model->set_rewrite_weight(layer, original_weight + delta_weight);
+  try {
+    if (options.evaluate) {
+      perplexity_metrics(*loaded.model, config, context, result);
+      after = score_targets(loaded, request, scored_prompt, result);
+    }
+  } catch (...) {
+    loaded.model->set_rewrite_weight(layer, original_weight);
+    throw;
+  }
+  if (!options.keep_update) loaded.model->set_rewrite_weight(layer, original_weight);
+  result["convergence"] = to_json(assess_convergence(value, after.efficacy, target_nll_before, after.nll_after));
+}
+
+// The vectors of the edit (dump_vectors), for comparison with the paper's code.
+nlohmann::json edit_vectors(const EditOutcome& outcome) {
+  const auto& keys = outcome.keys;
+  return {{"prefixed_key_mean", to_vector(keys.prefixed_key_mean)},
+          {"unprefixed_key", to_vector(keys.unprefixed_key)},
+          {"left_vector", to_vector(outcome.update.left)},
+          {"right_vector", to_vector(outcome.update.right)},
+          {"v_star", to_vector(outcome.value.v_star)},
+          {"unprefixed_output", to_vector(keys.unprefixed_output)},
+          {"prefixed_output_mean", to_vector(keys.prefixed_output_mean)}};
+}
+
+nlohmann::json edit_provenance(const LoadedModel& loaded, const EditConfig& config, const SecondMoment* moment,
+                               ForwardPath path) {
+  nlohmann::json covariance = nullptr;
+  if (moment)
+    covariance = {{"file", moment->source}, {"sha256", moment->sha256}, {"count", moment->count},
+                  {"ridge", config.hparams.mom2_ridge}};
+  nlohmann::json provenance = base_provenance(loaded, config);
+  provenance["prefix_index"] = config.prefix_index;
+  provenance["covariance"] = covariance;
+  provenance["forward_path"] = path == ForwardPath::Optimized ? "optimized" : "reference";
+  return provenance;
+}
+
+// The test-time prefix template for c-rome-prefix: templates[1 + index % (n - 1)].
+std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index) {
+  if (templates.size() < 2) return "{}";
+  return templates[1 + index % static_cast<int64_t>(templates.size() - 1)];
+}
+
 }  // namespace
 
 void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config) {
@@ -67,11 +241,6 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
                                                      : nlohmann::json(nullptr)}};
 }
 
-std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index) {
-  if (templates.size() < 2) return "{}";
-  return templates[1 + index % static_cast<int64_t>(templates.size() - 1)];
-}
-
 std::string efficacy_prompt(const EditRequest& request, EditMethod method, const std::vector<std::string>& templates,
                             int64_t prefix_index) {
   const std::string bare = fill_placeholder(request.prompt, request.subject);
@@ -98,153 +267,55 @@ EditContext prepare_edit_context(const LoadedModel& loaded, const EditConfig& co
 EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
                      const EditContext& context, const EditOptions& options) {
   check_edit_inputs(loaded, config);
+  check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
   const CausalLM& model = *loaded.model;
-  const Tokenizer& tokenizer = *loaded.tokenizer;
-  check_subject_boundary(tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
   const RomeHparams& hp = config.hparams;
-  std::map<std::string, double> timings, peak_mib;
+  PhaseClock clock(model.device(), config.record_timings);
   EditOutcome outcome;
-  // Per phase: seconds (after the device's queued work has run) and peak memory on that device.
-  Clock::time_point start;
-  auto begin_phase = [&] {
-    if (config.record_timings) reset_peak_memory(model.device());
-    start = Clock::now();
-  };
-  auto end_phase = [&](const char* phase) {
-    if (!config.record_timings) return;
-    synchronize(model.device());
-    timings[phase] = seconds_since(start);
-    peak_mib[phase] = peak_memory_mib(model.device());
-  };
 
-  // Keys and the optimisation batch share one forward pass up to layer L.
-  begin_phase();
-  ValueBatch batch = build_value_batch(tokenizer, loaded.add_bos, request, context.templates, hp.kl_prompt,
-                                       loaded.pad_id(), model.device());
-  if (batch.ids.size(1) > model.config().max_positions)
-    throw InputError(config.source + ": request: a rewriting prompt has " + std::to_string(batch.ids.size(1)) +
-                     " tokens, more than the model's context of " + std::to_string(model.config().max_positions));
-  RewriteLayerInput layer_input =
+  // Templates and keys (k̄, kᵘ): the keys and the v* batch share one forward pass up to layer L.
+  clock.begin();
+  const ValueBatch batch = templated_prompts(loaded, config, request, context);
+  const RewriteLayerInput layer_input =
       rewrite_layer_input(model, batch, hp.layer, /*record_cache=*/options.path == ForwardPath::Optimized);
-  const int64_t templates_n = batch.rewriting_rows;
-  outcome.keys = batch.keys_match_template_encoding
-                     ? key_set_from_rows(layer_input.keys.slice(0, 0, templates_n), layer_input.outputs.slice(0, 0, templates_n))
-                     : compute_keys(model, tokenizer, loaded.add_bos, request, context.templates, hp.layer, loaded.pad_id());
-  end_phase("keys");
+  outcome.keys = edit_keys(loaded, request, context, batch, layer_input, hp.layer);
+  clock.end("keys");
 
-  begin_phase();
+  clock.begin();  // left vector u = C⁻¹k̄ / ‖C⁻¹k̄‖
   const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
-  at::Tensor left = left_vector(outcome.keys.prefixed_key_mean, moment, hp.mom2_ridge);
-  end_phase("left_vector");
+  const at::Tensor left = left_vector(outcome.keys.prefixed_key_mean, moment, hp.mom2_ridge);
+  clock.end("left_vector");
 
-  begin_phase();
+  clock.begin();  // v*
   outcome.value = optimize_value(model, batch, layer_input, hp, options.path);
-  end_phase("value_optimisation");
+  clock.end("value_optimisation");
 
-  begin_phase();
+  clock.begin();  // right vector v = (v* − W k) / (k · u), and ΔW = v uᵀ in W's dtype
   outcome.update = rank_one_update(method, outcome.keys, left, outcome.value.v_star);
-  at::Tensor original_weight = model.rewrite_weight(hp.layer);
-  at::Tensor delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
+  const at::Tensor original_weight = model.rewrite_weight(hp.layer);
+  const at::Tensor delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
   const double weight_norm = original_weight.to(at::kDouble).norm().item<double>();
-  end_phase("update");
+  clock.end("update");
 
-  outcome.subject_last_index = subject_last_index(tokenizer, loaded.add_bos, request.prompt, request.subject);
-  const int64_t first_position = loaded.add_bos && tokenizer.bos_id() ? 1 : 0;
-  outcome.subject_first_token = outcome.subject_last_index == first_position;
-  // The paper's "subject first": the prompt starts with the subject (its first token is the
-  // prompt's first token), whatever the subject's length.
-  outcome.subject_first = request.prompt.rfind("{}", 0) == 0;
+  locate_subject(loaded, request, outcome);
+  nlohmann::json result = {{"schema_version", kResultSchemaVersion}, {"method", to_string(method)},
+                           {"request", to_json(request)}, {"layer", hp.layer},
+                           {"subject_last_index", outcome.subject_last_index},
+                           {"subject_first_token", outcome.subject_first_token},
+                           {"subject_first", outcome.subject_first}};
+  describe_update(outcome, weight_norm, result);
 
-  nlohmann::json result;
-  result["schema_version"] = kResultSchemaVersion;
-  result["method"] = to_string(method);
-  result["request"] = to_json(request);
-  result["layer"] = hp.layer;
-  result["subject_last_index"] = outcome.subject_last_index;
-  result["subject_first_token"] = outcome.subject_first_token;
-  result["subject_first"] = outcome.subject_first;
-  const auto& u = outcome.update;
-  result["denominator"] = u.denominator;
-  result["abs_denominator"] = std::abs(u.denominator);
-  result["numerator_norm"] = u.numerator_norm;
-  result["update_norm"] = u.update_norm;
-  result["relative_update_norm"] = u.update_norm / weight_norm;
-  result["right_vector_norm"] = u.right.norm().item<double>();
-  const auto& keys = outcome.keys;
-  result["cos_unprefixed_prefixed"] =
-      at::cosine_similarity(keys.unprefixed_key.to(at::kDouble), keys.prefixed_key_mean.to(at::kDouble), 0).item<double>();
-  result["unprefixed_key_norm"] = keys.unprefixed_key.to(at::kDouble).norm().item<double>();
-  result["prefixed_key_norm"] = keys.prefixed_key_mean.to(at::kDouble).norm().item<double>();
-  result["optimisation"] = {{"iterations", outcome.value.iterations},
-                            {"adam_steps", outcome.value.adam_steps},
-                            {"loss", outcome.value.loss},
-                            {"nll", outcome.value.nll},
-                            {"kl", outcome.value.kl},
-                            {"weight_decay", outcome.value.weight_decay}};
-
-  // Metrics with ΔW applied; W is restored afterwards (bit for bit: the original tensor is put back).
-  begin_phase();
-  const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
-  const std::string scored_prompt = efficacy_prompt(request, method, context.templates, config.prefix_index);
-  std::optional<double> target_nll_before, target_nll_after, efficacy;  // for the convergence verdict
-  if (options.evaluate)
-    target_nll_before = -score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
-  loaded.model->set_rewrite_weight(hp.layer, original_weight + delta_weight);
-  try {
-    if (options.evaluate) {
-      if (context.perplexity_before) {
-        PerplexitySummary after = perplexity(model, context.perplexity_ids, config.perplexity_batch_size);
-        result["perplexity_before"] = to_json(*context.perplexity_before, false);
-        result["perplexity_after"] = to_json(after, false);
-        result["collapse"] = after.mean > config.collapse_ratio * context.perplexity_before->mean;
-      } else {
-        result["perplexity_before"] = nullptr;
-        result["perplexity_after"] = nullptr;
-        result["collapse"] = nullptr;
-      }
-      TargetScore new_score = score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_new);
-      result["logprob_target_new_after"] = new_score.mean_logprob;
-      result["logprob_target_true_after"] =
-          request.target_true.empty()
-              ? nlohmann::json(nullptr)
-              : nlohmann::json(score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_true).mean_logprob);
-      const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new);
-      result["efficacy"] = efficacy_score.token_accuracy;
-      result["efficacy_prompt"] = scored_prompt;
-      efficacy = efficacy_score.token_accuracy;
-      target_nll_after = -efficacy_score.mean_logprob;
-    }
-  } catch (...) {
-    loaded.model->set_rewrite_weight(hp.layer, original_weight);
-    throw;
-  }
-  if (!options.keep_update) loaded.model->set_rewrite_weight(hp.layer, original_weight);
-  end_phase("evaluation");
-  result["convergence"] = to_json(assess_convergence(outcome.value, efficacy, target_nll_before, target_nll_after));
+  clock.begin();  // metrics
+  edit_metrics(loaded, config, request, method, context, options, delta_weight, outcome.value, result);
+  clock.end("evaluation");
 
   result["context_templates"] = context.templates;
   if (config.record_timings) {
-    result["timings_s"] = timings;
-    result["peak_memory_mib"] = peak_mib;  // per phase, on the model's device
+    result["timings_s"] = clock.seconds;
+    result["peak_memory_mib"] = clock.peak_mib;  // per phase, on the model's device
   }
-  if (config.dump_vectors) {
-    result["vectors"] = {{"prefixed_key_mean", to_vector(keys.prefixed_key_mean)},
-                         {"unprefixed_key", to_vector(keys.unprefixed_key)},
-                         {"left_vector", to_vector(u.left)},
-                         {"right_vector", to_vector(u.right)},
-                         {"v_star", to_vector(outcome.value.v_star)},
-                         {"unprefixed_output", to_vector(keys.unprefixed_output)},
-                         {"prefixed_output_mean", to_vector(keys.prefixed_output_mean)}};
-  }
-  nlohmann::json covariance = nullptr;
-  if (moment)
-    covariance = {{"file", moment->source}, {"sha256", moment->sha256}, {"count", moment->count},
-                  {"ridge", hp.mom2_ridge}};
-  nlohmann::json provenance = base_provenance(loaded, config);
-  provenance["prefix_index"] = config.prefix_index;
-  provenance["covariance"] = covariance;
-  provenance["forward_path"] = options.path == ForwardPath::Optimized ? "optimized" : "reference";
-  result["provenance"] = std::move(provenance);
+  if (config.dump_vectors) result["vectors"] = edit_vectors(outcome);
+  result["provenance"] = edit_provenance(loaded, config, moment, options.path);
   outcome.result = std::move(result);
   return outcome;
 }

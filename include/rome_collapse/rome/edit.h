@@ -93,9 +93,6 @@ nlohmann::json base_provenance(const LoadedModel& loaded, const EditConfig& conf
 // The files the tokenizer was read from, each {"path", "sha256"} (builtin tokenizers: none).
 nlohmann::json tokenizer_files_provenance(const Tokenizer& tokenizer);
 
-// The test-time prefix template for c-rome-prefix.
-std::string test_time_prefix(const std::vector<std::string>& templates, int64_t index);
-
 // The prompt an edit's efficacy is scored on: the request's prompt with its subject, behind the
 // test-time prefix (templates[1 + prefix_index % (n - 1)]) for c-rome-prefix, bare otherwise.
 std::string efficacy_prompt(const EditRequest& request, EditMethod method, const std::vector<std::string>& templates,

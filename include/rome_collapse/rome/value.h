@@ -67,7 +67,27 @@ struct ValueOptimization {
   std::vector<double> loss, nll, kl, weight_decay;  // per iteration
 };
 
-// NumericError when the loss becomes NaN or infinite.
+// The v* loss at one δ (ROME_REFERENCE.md, step 4), each term a scalar float32 tensor:
+//   nll          = mean over the rewriting prompts of −Σ log p(target tokens) / |target|
+//   kl           = kl_factor · KL(P_now ‖ P_init) at the KL prompt's subject position
+//   weight_decay = v_weight_decay · ‖δ‖ / ‖target_init‖²  (the norm, not its square: the paper's code)
+struct ValueLoss {
+  at::Tensor total, nll, kl, weight_decay;
+  at::Tensor kl_log_probs;  // [V] log P_now at the KL position, detached (P_init after the first iteration)
+  at::Tensor terms() const;  // [4]: total, nll, kl, weight_decay, detached
+};
+// target_logits [R·|t|, V] at the positions that predict `labels` [R·|t|] (each row the |t| target
+// ids); kl_logits [V]; kl_init [V] log P_init, or undefined on the first iteration (P_init = P_now).
+ValueLoss value_loss(const at::Tensor& target_logits, const at::Tensor& labels, const at::Tensor& kl_logits,
+                     const at::Tensor& kl_init, const at::Tensor& delta, const at::Tensor& target_init_norm,
+                     const RomeHparams& hparams);
+
+// δ projected into the ball of radius max_norm (clamp_norm_factor · ‖target_init‖), in place and
+// without a host sync.
+void clamp_delta(at::Tensor& delta, const at::Tensor& max_norm);
+
+// Adam on δ from 0 with the loss above, the last iteration taking no step; stops early once the
+// loss is below early_stop_loss. NumericError when the loss becomes NaN or infinite.
 ValueOptimization optimize_value(const CausalLM& model, const ValueBatch& batch, const RewriteLayerInput& layer_input,
                                  const RomeHparams& hparams, ForwardPath path = ForwardPath::Optimized);
 
