@@ -1,6 +1,7 @@
-// The layer rule of the README's code map, as a test: scripts/check-layers.sh passes on this
+// The layout rules of the README's code map, as tests: scripts/check-layers.sh passes on this
 // tree, and fails, naming the file, the line and both layers, on a tree where a lower layer
-// includes a higher one (so a check that always passed would be caught here).
+// includes a higher one; scripts/function-lengths.py passes on src/ and fails on a function over
+// 80 lines that has no "long-function:" comment (so a check that always passed is caught here).
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -20,9 +21,18 @@ struct ScriptRun {
   std::string output;
 };
 
+ScriptRun run_script(const std::string& command);
+
 ScriptRun check_layers(const fs::path& root) {
-  const std::string command = "bash '" + std::string(ROME_SOURCE_DIR) + "/scripts/check-layers.sh' '" +
-                              root.string() + "' 2>&1";
+  return run_script("bash '" + std::string(ROME_SOURCE_DIR) + "/scripts/check-layers.sh' '" + root.string() + "' 2>&1");
+}
+
+ScriptRun function_lengths(const fs::path& root) {
+  return run_script("python3 '" + std::string(ROME_SOURCE_DIR) + "/scripts/function-lengths.py' '" + root.string() +
+                    "' 2>&1");
+}
+
+ScriptRun run_script(const std::string& command) {
   ScriptRun run;
   FILE* pipe = ::popen(command.c_str(), "r");
   if (!pipe) return run;
@@ -70,4 +80,28 @@ TEST(Layers, AFolderThatIsNoLayerIsRefused) {
   EXPECT_NE(run.output.find("src/util/files.cpp:1: includes rome_collapse/misc/, which is not a layer"),
             std::string::npos)
       << run.output;
+}
+
+std::string function_of(int body_lines) {
+  std::string text = "int f(int x) {\n";
+  for (int i = 0; i < body_lines; ++i) text += "  x += 1;  // a } in a comment is not a brace\n";
+  return text + "  return x;\n}\n";
+}
+
+TEST(FunctionLengths, NoFunctionInSrcIsOver80Lines) {
+  const ScriptRun run = function_lengths(fs::path(ROME_SOURCE_DIR) / "src");
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("none over 80 lines"), std::string::npos) << run.output;
+}
+
+TEST(FunctionLengths, ALongFunctionIsNamedUnlessACommentSaysWhy) {
+  const fs::path root = rc::test::scratch_dir("function-lengths");
+  put(root / "short.cpp", function_of(70));
+  put(root / "long.cpp", "// a file\n" + function_of(85));
+  put(root / "explained.cpp", "// long-function: one table, clearer in one piece\n" + function_of(85));
+  const ScriptRun run = function_lengths(root);
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_NE(run.output.find("long.cpp:2 f"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("short.cpp"), std::string::npos) << run.output;
+  EXPECT_EQ(run.output.find("explained.cpp"), std::string::npos) << run.output;
 }
