@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <limits>
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -198,6 +199,23 @@ TEST(T5Loading, RefusesAMissingTensorNamingIt) {
     t.erase("lm_head.weight");  // untied: v1.1 needs its own head
   });
   test::expect_input_error([&] { load_seq2seq_lm(no_head); }, {"missing tensor 'lm_head.weight'"});
+}
+
+TEST(T5Loading, RefusesANonFiniteWeightNamingTensorAndFile) {
+  ROME_REQUIRE_SHARED();
+  const fs::path dir = modified_copy("v1_0", "nan_weight", [](json&, std::map<std::string, at::Tensor>& t) {
+    t["encoder.block.1.layer.1.DenseReluDense.wo.weight"][3][5] = std::numeric_limits<float>::quiet_NaN();
+  });
+  try {
+    (void)load_seq2seq_lm(dir);
+    ADD_FAILURE() << "a NaN weight was accepted";
+  } catch (const NumericError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find((dir / "model.safetensors").string() + ": tensor 'encoder.block.1.layer.1.DenseReluDense.wo.weight'"
+                                                                  " holds 1 non-finite value"),
+              std::string::npos)
+        << message;
+  }
 }
 
 TEST(T5Loading, RefusesAMisshapedTensorNamingItAndBothShapes) {

@@ -70,25 +70,6 @@ bool looks_like_safetensors(const std::string& prefix, uintmax_t file_size) {
                  out.string() + "', safe_serialization=True)\"\nthen pass " + out.string());
 }
 
-// A NaN or Inf weight makes every output NaN ("!!" from generate, null perplexities, an edit that
-// fails deep inside with no hint): refused at load, naming the tensor and the file (exit 3). The
-// quick test is one sum in the tensor's own dtype (no temporary of the tensor's size: a sum with
-// dtype=double would first copy the tensor to double on the CPU): a finite sum means every element
-// is finite, since NaN and Inf propagate. Only a non-finite sum (or a finite tensor whose sum
-// overflows) pays for the element-wise count.
-void check_finite_weight(const at::Tensor& tensor, const std::string& name, const std::string& file) {
-  if (!at::isFloatingType(tensor.scalar_type()) || tensor.numel() == 0) return;
-  if (std::isfinite(tensor.sum().item<double>())) return;
-  const at::Tensor bad = tensor.isfinite().logical_not();
-  const int64_t count = bad.sum().item<int64_t>();
-  if (count == 0) return;  // finite values whose sum overflowed the dtype
-  const int64_t first = bad.reshape(-1).nonzero()[0][0].item<int64_t>();
-  const double value = tensor.reshape(-1)[first].item<double>();
-  throw NumericError(file + ": tensor '" + name + "' holds " + std::to_string(count) + " non-finite value" +
-                     (count == 1 ? "" : "s") + " (the first, at flat index " + std::to_string(first) + ", is " +
-                     std::to_string(value) + "); the checkpoint is corrupt or overflowed its dtype");
-}
-
 void check_compute_dtype(at::ScalarType dtype) {
   if (dtype != at::kFloat && dtype != at::kDouble && dtype != at::kHalf && dtype != at::kBFloat16)
     throw InputError(std::string("compute dtype ") + c10::toString(dtype) +
@@ -421,6 +402,25 @@ void normalise_tensor_names(Checkpoint& checkpoint) {
 }
 
 }  // namespace
+
+// A NaN or Inf weight makes every output NaN ("!!" from generate, null perplexities, an edit that
+// fails deep inside with no hint): refused at load, naming the tensor and the file (exit 3). The
+// quick test is one sum in the tensor's own dtype (no temporary of the tensor's size: a sum with
+// dtype=double would first copy the tensor to double on the CPU): a finite sum means every element
+// is finite, since NaN and Inf propagate. Only a non-finite sum (or a finite tensor whose sum
+// overflows) pays for the element-wise count.
+void check_finite_weight(const at::Tensor& tensor, const std::string& name, const std::string& file) {
+  if (!at::isFloatingType(tensor.scalar_type()) || tensor.numel() == 0) return;
+  if (std::isfinite(tensor.sum().item<double>())) return;
+  const at::Tensor bad = tensor.isfinite().logical_not();
+  const int64_t count = bad.sum().item<int64_t>();
+  if (count == 0) return;  // finite values whose sum overflowed the dtype
+  const int64_t first = bad.reshape(-1).nonzero()[0][0].item<int64_t>();
+  const double value = tensor.reshape(-1)[first].item<double>();
+  throw NumericError(file + ": tensor '" + name + "' holds " + std::to_string(count) + " non-finite value" +
+                     (count == 1 ? "" : "s") + " (the first, at flat index " + std::to_string(first) + ", is " +
+                     std::to_string(value) + "); the checkpoint is corrupt or overflowed its dtype");
+}
 
 void validate_checkpoint(const Checkpoint& checkpoint) {
   const ModelConfig& config = checkpoint.config;

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/io/safetensors.h"
+#include "rome_collapse/model/checkpoint.h"
 #include "rome_collapse/model/seq2seq_lm.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
@@ -297,14 +298,18 @@ void validate_t5(const T5Config& config, const std::map<std::string, at::Tensor>
   }
 }
 
-// Floating tensors of a safetensors file in float32 (views of the map where no conversion is needed).
+// Floating tensors of a safetensors file in float32 (views of the map where no conversion is needed),
+// each checked to be finite as the causal loaders do.
 void read_safetensors(const fs::path& file, const std::vector<std::string>* only, std::map<std::string, at::Tensor>& tensors,
                       std::vector<std::shared_ptr<void>>& keepalive) {
   const SafetensorsFile safetensors = SafetensorsFile::open(file);
   for (const auto& [name, entry] : safetensors.entries()) {
     if (only && std::find(only->begin(), only->end(), name) == only->end()) continue;
     if (entry.dtype == "F32" || entry.dtype == "F16" || entry.dtype == "BF16" || entry.dtype == "F64")
+    {
       tensors[name] = safetensors.tensor(name, at::kFloat);
+      check_finite_weight(tensors[name], name, file.string());
+    }
   }
   keepalive.push_back(safetensors.mapping());
 }

@@ -33,4 +33,8 @@ Checkpoint load_checkpoint(const std::filesystem::path& path, at::ScalarType com
 // InputError naming the tensor, the expected and the found shape otherwise.
 void validate_checkpoint(const Checkpoint& checkpoint);
 
+// NumericError "<file>: tensor '<name>' holds N non-finite values (the first, at flat index i, is …)"
+// when a floating-point weight holds a NaN or an Inf; every loader calls it on what it reads.
+void check_finite_weight(const at::Tensor& tensor, const std::string& name, const std::string& file);
+
 }  // namespace rc
