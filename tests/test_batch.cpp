@@ -17,6 +17,7 @@
 #include "rome_collapse/io/dataset.h"
 #include "rome_collapse/rome/templates.h"
 #include "rome_collapse/util/error.h"
+#include "support/golden.h"
 #include "support/test_support.h"
 
 namespace rc {
@@ -297,6 +298,71 @@ TEST(Batch, CounterFactEveryMetricAndExactRestoration) {
   json expected = without_timings(lines[8]), actual = without_timings(alone[0]);
   for (auto* line : {&expected, &actual}) line->erase("provenance");  // names the config file
   EXPECT_EQ(actual, expected);
+}
+
+// The grouped path (keys and v* of several requests in one pass and once per request, perplexity
+// and evaluation from the edited layer on) against the one-by-one path of before: the numbers
+// within 1e-5 relative, every discrete metric and the tables identical.
+void expect_paths_agree(const fs::path& one_by_one, const fs::path& grouped) {
+  const auto before = result_lines(one_by_one), after = result_lines(grouped);
+  ASSERT_EQ(before.size(), after.size());
+  ASSERT_FALSE(before.empty());
+  auto number = [](const json& line, const std::string& path) { return line.at(json::json_pointer(path)).get<double>(); };
+  for (size_t i = 0; i < before.size(); ++i) {
+    const json &a = before[i], &b = after[i];
+    const std::string where = "line " + std::to_string(i) + " (case " + std::to_string(a["case_id"].get<int64_t>()) +
+                              " " + a["method"].get<std::string>() + ")";
+    ASSERT_EQ(a["case_id"], b["case_id"]) << where;
+    ASSERT_EQ(a["method"], b["method"]) << where;
+    for (const char* path : {"/denominator", "/update_norm", "/numerator_norm", "/right_vector_norm",
+                             "/perplexity_after/mean", "/perplexity_after/median", "/perplexity_after/mean_log",
+                             "/logprob_target_new_after", "/pre/rewrite_logprob_new", "/post/rewrite_logprob_new"})
+      EXPECT_TRUE(test::scalar_close_rel(number(b, path), number(a, path), 1e-5, where + " " + path));
+    for (const char* key : {"efficacy", "efficacy_pre", "generalisation", "locality", "locality_acc", "collapse",
+                            "rewrite_prompts_correct", "paraphrase_prompts_correct", "neighborhood_prompts_correct",
+                            "efficacy_prompt", "subject_first"})
+      EXPECT_EQ(a[key], b[key]) << where << " " << key;
+    EXPECT_EQ(a["post"]["locality_predicted"], b["post"]["locality_predicted"]) << where;
+    EXPECT_EQ(a["optimisation"]["iterations"], b["optimisation"]["iterations"]) << where;
+  }
+  EXPECT_EQ(test::read_if_exists(one_by_one / "tables.csv"), test::read_if_exists(grouped / "tables.csv"));
+  EXPECT_EQ(without_start_time(test::read_if_exists(one_by_one / "tables.md")),
+            without_start_time(test::read_if_exists(grouped / "tables.md")));
+}
+
+TEST(Batch, GroupedPathEqualsTheOneByOnePath) {
+  ROME_REQUIRE_SHARED();
+  const fs::path dir = test::scratch_dir("batch-grouped");
+  json config = tiny_config(dir, "data/counterfact/counterfact_rome_most_orthogonal_10.json", {{"start", 0}, {"stop", 5}},
+                            {"rome", "c-rome", "c-rome-prefix"});
+  config["group_size"] = 3;  // a full group and a partial one
+  write_json(dir / "run.json", config);
+  for (const char* path : {"grouped", "one-by-one"}) {
+    const std::string flag = std::string(path) == "one-by-one" ? " --one-by-one" : "";
+    const auto result = test::run_cli("batch --config " + shell_quote(dir / "run.json") + " --out " +
+                                      shell_quote(dir / path) + flag);
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+  }
+  expect_paths_agree(dir / "one-by-one", dir / "grouped");
+  const auto lines = result_lines(dir / "grouped");
+  EXPECT_EQ(lines[0]["group_requests"], 3);
+  EXPECT_EQ(lines.back()["group_requests"], 2);
+}
+
+// The paper's table on a real model (configs/stories260k_tinystories.json: 24 requests x 3 methods,
+// generated templates, 50 TinyStories paragraphs) on both paths.
+TEST(Batch, Stories260kGroupedPathEqualsTheOneByOnePath) {
+  ROME_REQUIRE_SHARED();
+  const fs::path dir = test::scratch_dir("batch-grouped-stories260k");
+  const fs::path config = fs::path(ROME_SOURCE_DIR) / "configs" / "stories260k_tinystories.json";
+  for (const char* path : {"grouped", "one-by-one"}) {
+    const std::string flag = std::string(path) == "one-by-one" ? " --one-by-one" : "";
+    const auto result =
+        test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / path) + flag);
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+  }
+  expect_paths_agree(dir / "one-by-one", dir / "grouped");
+  EXPECT_EQ(result_lines(dir / "grouped").size(), 72u);
 }
 
 TEST(Batch, ZsreAndEasyEditRecords) {

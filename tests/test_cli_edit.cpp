@@ -119,7 +119,7 @@ TEST(EditCommand, TimingsAndPeakMemoryPerPhase) {
                               " --out " + quoted(dir / "demo.json"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto first = nlohmann::json::parse(read_file(dir / "demo.json"))["results"][0];
-  for (const char* phase : {"keys", "left_vector", "value_optimisation", "update", "evaluation"}) {
+  for (const char* phase : {"keys", "left_vector", "value_optimisation", "update", "evaluation", "perplexity"}) {
     ASSERT_TRUE(first["timings_s"].contains(phase)) << phase;
     EXPECT_GE(first["timings_s"][phase].get<double>(), 0.0) << phase;
     ASSERT_TRUE(first["peak_memory_mib"].contains(phase)) << phase;

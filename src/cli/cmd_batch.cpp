@@ -13,6 +13,7 @@ int run_batch(const BatchArgs& args) {
   options.out = args.out;
   options.shard = args.shard;
   options.max_edits = args.max_edits;
+  options.one_by_one = args.one_by_one;
   const BatchOutcome outcome = run_batch_experiment(options);
   if (outcome.not_taken > 0 || outcome.loss_rose > 0)
     std::cerr << "batch: warning: " << outcome.not_taken << " of " << outcome.edits << " edits did not take and "

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "rome_collapse/analysis/key_analysis.h"
 #include "rome_collapse/analysis/key_statistics_run.h"
 
@@ -83,6 +85,7 @@ struct BatchArgs {
   std::string out;          // result directory (default: batch-<config stem>)
   std::string shard;        // "i/n": records whose dataset position % n == i
   int64_t max_edits = 0;    // > 0: stop after this many new edits (resume later)
+  bool one_by_one = false;  // the path before issue 19: each edit alone, every pass from the first layer
 };
 int run_batch(const BatchArgs& args);
 
@@ -100,8 +103,13 @@ struct BenchArgs {
   std::string device = "cpu";
   std::string dtype = "float32";  // weights and activations; δ and the update stay float32
   std::string out;
+  bool throughput = false;  // a batch's edits per hour, one-by-one vs grouped path (cmd_bench_throughput.cpp)
+  int64_t cases = 20;       // --throughput: CounterFact records (x 3 methods)
+  int64_t group_size = 8;   // --throughput: requests per group on the grouped path
+  std::string runs;         // --throughput: keep the two batch directories here (default: a temporary folder)
 };
 int run_bench(const BenchArgs& args);
+nlohmann::json bench_throughput(const std::string& model, const BenchArgs& args);
 
 struct TokenizeArgs {
   std::string model, tokenizer;        // one of them: the model's folder, or the tokenizer's folder/file

@@ -215,6 +215,8 @@ void add_batch_and_merge(CLI::App& app, CommandArgs& a) {
   batch->add_option("--shard", a.batch.shard, "i/n: only the records whose dataset position % n == i");
   batch->add_option("--max-edits", a.batch.max_edits, "stop after this many new edits (rerun to continue)")
       ->check(CLI::NonNegativeNumber);
+  batch->add_flag("--one-by-one", a.batch.one_by_one,
+                  "each edit alone and every evaluation pass from the first layer (the slower path, for comparison)");
   add_config_footer(batch, a.threads);
   auto* merge = app.add_subcommand("merge", "join the result directories of batch shards and recompute the tables");
   merge->add_option("dirs", a.merge.dirs, "batch result directories")->required();
@@ -235,6 +237,13 @@ void add_bench(CLI::App& app, CommandArgs& a) {
   bench->add_option("--dtype", a.bench.dtype, "model dtype (default float32)")
       ->check(CLI::IsMember({"float32", "bfloat16", "float16"}));
   bench->add_option("--out", a.bench.out, "JSON report");
+  bench->add_flag("--throughput", a.bench.throughput,
+                  "a CounterFact batch (3 methods, ME-PPL_50, the paper's evaluation): edits per hour on the "
+                  "one-by-one path and the grouped path, per phase");
+  bench->add_option("--cases", a.bench.cases, "--throughput: CounterFact records")->check(CLI::Range(int64_t{1}, int64_t{1000}));
+  bench->add_option("--group-size", a.bench.group_size, "--throughput: requests optimised together")
+      ->check(CLI::Range(int64_t{1}, int64_t{256}));
+  bench->add_option("--runs", a.bench.runs, "--throughput: keep both batch directories in this folder");
   add_threads_option(bench, a.threads);
 }
 

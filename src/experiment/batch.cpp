@@ -71,16 +71,6 @@ std::vector<const EditRecord*> records_in_range(const Dataset& dataset, const js
   return chosen;
 }
 
-std::vector<const EditRecord*> select_records(const Dataset& dataset, const json& cases, const Shard& shard,
-                                              const std::string& source) {
-  const std::vector<const EditRecord*> chosen =
-      cases.is_array() ? records_by_case_id(dataset, cases, source) : records_in_range(dataset, cases, source);
-  std::vector<const EditRecord*> out;
-  for (const EditRecord* r : chosen)
-    if (r->position % shard.count == shard.index) out.push_back(r);
-  return out;
-}
-
 std::string duration_text(double seconds) {
   const int64_t s = static_cast<int64_t>(seconds + 0.5);
   char buffer[32];
@@ -117,15 +107,6 @@ void check_replayed_edit(const EditOutcome& outcome, const json& recorded_line, 
                              std::to_string(recorded) + "; start the run afresh in a new directory");
 }
 
-struct BatchRun {
-  EditConfig config;
-  BatchSettings settings;
-  Dataset dataset;
-  std::vector<const EditRecord*> records;
-  Shard shard;
-  fs::path dir;
-};
-
 BatchRun read_batch_run(const BatchOptions& options) {
   BatchRun run;
   run.config = parse_edit_config(read_config_document(options.config));
@@ -135,7 +116,7 @@ BatchRun read_batch_run(const BatchOptions& options) {
   if (run.settings.sequential && run.shard.count > 1)
     throw InputError("--shard: a sequential run edits one model in order and cannot be split into shards");
   run.dataset = read_dataset(run.settings.dataset_path, run.settings.dataset_format);
-  run.records = select_records(run.dataset, run.settings.cases, run.shard, run.config.source);
+  run.records = select_batch_records(run.dataset, run.settings, run.shard, run.config.source);
   run.dir = options.out.empty() ? fs::path("batch-" + options.config.stem().string()) : options.out;
   std::error_code dir_error;
   fs::create_directories(run.dir, dir_error);
@@ -147,9 +128,11 @@ BatchRun read_batch_run(const BatchOptions& options) {
 // would mix old and new results.
 json run_inputs(const BatchRun& run, const LoadedModel& loaded) {
   std::vector<RunInput> inputs = {{"dataset", run.settings.dataset_path},
-                                  {"perplexity_texts", run.config.perplexity_texts},
-                                  {"model", loaded.model_path},
-                                  {"tokenizer", loaded.tokenizer_path}};
+                                  {"perplexity_texts", run.config.perplexity_texts}};
+  if (run.fingerprint_model) {
+    inputs.push_back({"model", loaded.model_path});
+    inputs.push_back({"tokenizer", loaded.tokenizer_path});
+  }
   if (run.config.hparams.mom2_adjustment) inputs.push_back({"stats", run.config.hparams.stats});
   return input_fingerprint(inputs);
 }
@@ -225,14 +208,24 @@ void drop_subjects_inside_words(BatchRun& run, const LoadedModel& loaded) {
 }
 
 // Templates and the unedited perplexity; perplexity_selection picks the texts it is measured on.
-EditContext batch_edit_context(const BatchRun& run, const LoadedModel& loaded) {
+// With `reuse` the unedited pass records the hidden states entering the edited layer.
+EditContext batch_edit_context(const BatchRun& run, const LoadedModel& loaded, std::optional<PerplexityReuse>& reuse,
+                               bool reusing) {
   EditConfig context_config = run.config;
-  if (run.settings.perplexity_selection) context_config.perplexity_texts.clear();
+  context_config.perplexity_texts.clear();
   EditContext context = prepare_edit_context(loaded, context_config);
+  if (run.config.perplexity_texts.empty()) return context;
   if (run.settings.perplexity_selection) {
     const auto texts = select_texts(read_file(run.config.perplexity_texts), *run.settings.perplexity_selection);
     if (texts.empty()) fail_input(run.config.perplexity_texts, "perplexity_selection keeps no text");
     context.perplexity_ids = perplexity_token_ids(*loaded.tokenizer, texts, loaded.model->config().max_positions);
+  } else {
+    context.perplexity_ids = perplexity_text_ids(loaded, run.config);
+  }
+  if (reusing) {
+    reuse.emplace(context.perplexity_ids, run.config.perplexity_batch_size, run.config.hparams.layer);
+    context.perplexity_before = perplexity_reusing(*loaded.model, *reuse);
+  } else {
     context.perplexity_before = perplexity(*loaded.model, context.perplexity_ids, run.config.perplexity_batch_size);
   }
   return context;
@@ -250,25 +243,61 @@ std::map<std::string, json> finished_edits(const BatchRun& run, const fs::path& 
   return finished_pairs(existing, case_at_position, results_path);
 }
 
+// Seconds per phase over a run's edits (bench's per-phase report).
+class PhaseTimes {
+ public:
+  void add(const std::string& phase, double seconds) { seconds_[phase] += seconds; }
+  // The per-phase times an edit's result records (timings_s; absent with record_timings off).
+  void add_result(const json& result, bool with_preparation) {
+    if (!result.contains("timings_s")) return;
+    for (const auto& item : result["timings_s"].items()) {
+      const bool preparation = item.key() == "keys" || item.key() == "left_vector" || item.key() == "value_optimisation";
+      if (!preparation || with_preparation) add(phase_of(item.key()), item.value().get<double>());
+    }
+  }
+  void add_prepared(const PreparedEdit& prepared) {
+    for (const auto& [phase, seconds] : prepared.seconds) add(phase_of(phase), seconds);
+  }
+  std::map<std::string, double> with_other(double total) const {
+    std::map<std::string, double> out = seconds_;
+    double known = 0;
+    for (const auto& item : seconds_) known += item.second;
+    out["other"] = std::max(0.0, total - known);
+    return out;
+  }
+
+ private:
+  static std::string phase_of(const std::string& phase) { return phase == "left_vector" ? "keys" : phase; }
+  std::map<std::string, double> seconds_;
+};
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
+
 // The edits of a prepared run, appended to results.jsonl one by one until done or asked to stop.
 class BatchEditor {
  public:
   BatchEditor(const BatchRun& run, LoadedModel& loaded, const EditContext& context, std::map<std::string, json> done,
-              const fs::path& results_path, ResumableRun& guard, int64_t max_edits)
+              const fs::path& results_path, ResumableRun& guard, const BatchOptions& batch_options,
+              PerplexityReuse* perplexity_reuse)
       : run_(run), loaded_(loaded), context_(context), done_(std::move(done)), appender_(results_path),
-        guard_(guard), max_edits_(max_edits), layer_(run.config.hparams.layer),
-        original_weight_(loaded.model->rewrite_weight(layer_).clone()),
+        guard_(guard), max_edits_(batch_options.max_edits), one_by_one_(batch_options.one_by_one),
+        layer_(run.config.hparams.layer), original_weight_(loaded.model->rewrite_weight(layer_).clone()),
         total_(static_cast<int64_t>(run.records.size() * run.settings.methods.size())),
         to_do_(total_ - static_cast<int64_t>(done_.size())) {
     options_.keep_update = true;  // W is restored (and checked) here, after the post-edit evaluation
+    options_.perplexity_reuse = perplexity_reuse;
   }
 
   void run_all() {
     if (run_.settings.sequential) run_sequential();
-    else run_independent();
+    else if (one_by_one_) run_independent();
+    else run_grouped();
   }
   int64_t new_edits() const { return new_edits_; }
   bool stopped() const { return stopped_; }
+  double seconds() const { return seconds_since(started_); }
+  std::map<std::string, double> phase_seconds() const { return phases_.with_other(seconds()); }
 
  private:
   EditConfig config_for(const EditRecord& record) const {
@@ -280,14 +309,32 @@ class BatchEditor {
     const auto found = done_.find(pair_key(record.position, to_string(method)));
     return found == done_.end() ? nullptr : &found->second;
   }
-  RecordScores score(const EditRecord& record, const std::string& prompt) const {
-    return score_record(loaded_, record, prompt, run_.settings.evaluation);
+  int64_t pending_methods(const EditRecord& record) const {
+    int64_t pending = 0;
+    for (EditMethod method : run_.settings.methods) pending += done_line(record, method) == nullptr;
+    return pending;
+  }
+  RecordScores score(const EditRecord& record, const std::string& prompt) {
+    const auto start = Clock::now();
+    RecordScores scores = score_record(loaded_, record, prompt, run_.settings.evaluation);
+    phases_.add("evaluation", seconds_since(start));
+    return scores;
+  }
+  RecordScores score_reusing(const EditRecord& record, const std::string& prompt, RecordScoring& scoring) {
+    const auto start = Clock::now();
+    RecordScores scores = score_record_reusing(loaded_, record, prompt, run_.settings.evaluation, scoring);
+    phases_.add("evaluation", seconds_since(start));
+    return scores;
   }
   std::string scored_prompt(const EditRecord& record, EditMethod method) const {
     return efficacy_prompt(record.request, method, context_.templates, record.position);
   }
 
   void run_independent();
+  void run_grouped();
+  std::vector<const EditRecord*> next_group(size_t& next) const;
+  std::vector<PreparedEdit> prepare_group(const std::vector<const EditRecord*>& group);
+  void edit_record(const EditRecord& record, const PreparedEdit& prepared);
   void run_sequential();
   void record_line(const EditRecord& record, EditMethod method, const EditOutcome& outcome, const RecordScores& pre,
                    const RecordScores& post, std::optional<int64_t> step);
@@ -299,17 +346,22 @@ class BatchEditor {
   ResultsAppender appender_;
   ResumableRun& guard_;
   const int64_t max_edits_;
+  const bool one_by_one_;
   const int64_t layer_;
   const at::Tensor original_weight_;
   const int64_t total_, to_do_;
   EditOptions options_;
-  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+  PhaseTimes phases_;
+  const Clock::time_point started_ = Clock::now();
   int64_t new_edits_ = 0;
   bool stopped_ = false;
 };
 
-// Each edit from the original weights, restored and checked after its evaluation.
+// Today's path before issue 19 (BatchOptions::one_by_one): each edit from the original weights,
+// on its own, restored and checked after its evaluation.
 void BatchEditor::run_independent() {
+  EditOptions options = options_;
+  options.perplexity_reuse = nullptr;
   for (const EditRecord* record : run_.records) {
     std::optional<RecordScores> pre;  // the unedited model's scores, shared by the methods
     for (EditMethod method : run_.settings.methods) {
@@ -319,7 +371,8 @@ void BatchEditor::run_independent() {
       EditOutcome outcome;
       RecordScores post;
       try {
-        outcome = run_edit(loaded_, config_for(*record), record->request, method, context_, options_);
+        outcome = run_edit(loaded_, config_for(*record), record->request, method, context_, options);
+        phases_.add_result(outcome.result, /*with_preparation=*/true);
         post = score(*record, scored_prompt(*record, method));
       } catch (...) {
         loaded_.model->set_rewrite_weight(layer_, original_weight_);
@@ -330,6 +383,79 @@ void BatchEditor::run_independent() {
       record_line(*record, method, outcome, *pre, post, std::nullopt);
     }
     if (stopped_) break;
+  }
+}
+
+// Independent edits, group_size records at a time: their keys and v* are computed together and
+// once per record (the methods differ only in the update), then each (record, method) is finished,
+// evaluated and written in the order of the one-at-a-time loop, so the results file is the same.
+void BatchEditor::run_grouped() {
+  size_t next = 0;
+  while (!stopped_ && next < run_.records.size()) {
+    const std::vector<const EditRecord*> group = next_group(next);
+    if (group.empty()) break;
+    const std::vector<PreparedEdit> prepared = prepare_group(group);
+    for (size_t i = 0; i < group.size() && !stopped_; ++i)
+      if (pending_methods(*group[i]) > 0) edit_record(*group[i], prepared[i]);
+  }
+}
+
+// The next block of group_size consecutive records that has an edit still to do. Blocks are fixed
+// by the records' order, and a block is prepared whole (done records too), so that a resumed run
+// computes every v* in the same company as the uninterrupted run: the same numbers, bit for bit.
+std::vector<const EditRecord*> BatchEditor::next_group(size_t& next) const {
+  const size_t size = static_cast<size_t>(run_.settings.group_size);
+  while (next < run_.records.size()) {
+    const size_t start = next, stop = std::min(run_.records.size(), start + size);
+    next = stop;
+    std::vector<const EditRecord*> group(run_.records.begin() + start, run_.records.begin() + stop);
+    for (const EditRecord* record : group)
+      if (pending_methods(*record) > 0) return group;
+  }
+  return {};
+}
+
+std::vector<PreparedEdit> BatchEditor::prepare_group(const std::vector<const EditRecord*>& group) {
+  std::vector<EditRequest> requests;
+  for (const EditRecord* record : group) requests.push_back(record->request);
+  try {
+    std::vector<PreparedEdit> prepared = prepare_edits(loaded_, run_.config, requests, context_);
+    for (const PreparedEdit& p : prepared) phases_.add_prepared(p);
+    return prepared;
+  } catch (const NumericError& e) {
+    std::string cases;
+    for (const EditRecord* record : group) cases += (cases.empty() ? "" : ", ") + std::to_string(record->case_id);
+    throw NumericError(std::string(e.what()) + " (the group of cases " + cases + ", in this order)");
+  }
+}
+
+// One record's pending methods from its prepared keys and v*. Methods with the same ΔW (C-ROME
+// and C-ROME-prefix) share the perplexity after it; the pre-edit scores are the record's own.
+void BatchEditor::edit_record(const EditRecord& record, const PreparedEdit& prepared) {
+  RecordScoring scoring(layer_);
+  const RecordScores pre = score_reusing(record, fill_placeholder(record.request.prompt, record.request.subject), scoring);
+  std::optional<EditOutcome> prefixed_key_edit;  // the first method here that divides by k̄
+  for (EditMethod method : run_.settings.methods) {
+    if (stopped_) break;
+    if (done_line(record, method)) continue;
+    EditOptions options = options_;
+    const bool shares = uses_prefixed_key(method) && prefixed_key_edit;
+    if (shares) options.perplexity_after = prefixed_key_edit->perplexity_after;
+    EditOutcome outcome;
+    RecordScores post;
+    try {
+      outcome = finish_edit(loaded_, config_for(record), prepared, method, context_, options);
+      phases_.add_result(outcome.result, /*with_preparation=*/false);
+      if (shares && !at::equal(outcome.delta_weight, prefixed_key_edit->delta_weight))
+        throw std::logic_error("C-ROME and C-ROME-prefix updates differ for case " + std::to_string(record.case_id));
+      post = score_reusing(record, scored_prompt(record, method), scoring);
+    } catch (...) {
+      loaded_.model->set_rewrite_weight(layer_, original_weight_);
+      throw;
+    }
+    restore_weight(loaded_, layer_, original_weight_, "case " + std::to_string(record.case_id) + " " + to_string(method));
+    if (uses_prefixed_key(method) && !prefixed_key_edit) prefixed_key_edit = outcome;
+    record_line(record, method, outcome, pre, post, std::nullopt);
   }
 }
 
@@ -353,6 +479,7 @@ void BatchEditor::run_sequential() {
       }
       const RecordScores pre = score(*record, fill_placeholder(record->request.prompt, record->request.subject));
       const EditOutcome outcome = run_edit(loaded_, config, record->request, method, context_, options_);
+      phases_.add_result(outcome.result, /*with_preparation=*/true);
       const RecordScores post = score(*record, scored_prompt(*record, method));
       record_line(*record, method, outcome, pre, post, step++);
     }
@@ -387,8 +514,23 @@ void BatchEditor::record_line(const EditRecord& record, EditMethod method, const
 
 }  // namespace
 
+std::vector<const EditRecord*> select_batch_records(const Dataset& dataset, const BatchSettings& settings,
+                                                    const Shard& shard, const std::string& source) {
+  const json& cases = settings.cases;
+  const std::vector<const EditRecord*> chosen =
+      cases.is_array() ? records_by_case_id(dataset, cases, source) : records_in_range(dataset, cases, source);
+  std::vector<const EditRecord*> out;
+  for (const EditRecord* r : chosen)
+    if (r->position % shard.count == shard.index) out.push_back(r);
+  return out;
+}
+
 BatchOutcome run_batch_experiment(const BatchOptions& options) {
   BatchRun run = read_batch_run(options);
+  return run_batch(run, options);
+}
+
+BatchOutcome run_batch(BatchRun& run, const BatchOptions& options, LoadedModel* model) {
   // One run per directory: a second one would write every line twice.
   ResumableRun guard(run.dir / ".lock", "batch directory " + run.dir.string(), run.dir);
   BatchOutcome outcome;
@@ -397,21 +539,29 @@ BatchOutcome run_batch_experiment(const BatchOptions& options) {
   const fs::path run_path = run.dir / "run.json";
   const std::optional<json> previous = previous_run(run, run_path);
 
-  LoadedModel loaded = load_config_model(run.config);
-  fit_to_model(run.config, loaded);
+  std::optional<LoadedModel> config_model;
+  if (!model) {
+    config_model.emplace(load_config_model(run.config));
+    fit_to_model(run.config, *config_model);
+  }
+  LoadedModel& loaded = model ? *model : *config_model;
   check_edit_inputs(loaded, run.config);
   const json inputs = run_inputs(run, loaded);
   if (previous) check_same_inputs(*previous, inputs, run_path);
   drop_subjects_inside_words(run, loaded);
-  const EditContext context = batch_edit_context(run, loaded);
+  std::optional<PerplexityReuse> perplexity_reuse;
+  const EditContext context = batch_edit_context(run, loaded, perplexity_reuse, !options.one_by_one);
   if (!previous) write_file_atomic(run_path, json_text(run_description(run, context, loaded, inputs)) + "\n");
 
   std::map<std::string, json> done = finished_edits(run, outcome.results_path);
   const size_t total = run.records.size() * run.settings.methods.size();
   if (!done.empty()) std::cerr << "batch: resuming, " << done.size() << " of " << total << " edits already done\n";
   guard.watch_signals();
-  BatchEditor editor(run, loaded, context, std::move(done), outcome.results_path, guard, options.max_edits);
+  BatchEditor editor(run, loaded, context, std::move(done), outcome.results_path, guard, options,
+                     perplexity_reuse ? &*perplexity_reuse : nullptr);
   editor.run_all();
+  outcome.seconds = editor.seconds();
+  outcome.phase_seconds = editor.phase_seconds();
 
   for (const TableRow& row : write_tables(run.dir))
     if (row.group == "all") {

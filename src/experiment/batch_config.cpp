@@ -122,6 +122,8 @@ BatchSettings parse_batch_settings(const EditConfig& config, const fs::path& bas
   s.cases = read_cases(raw, source);
   s.collapse_cases = read_collapse_cases(raw, source);
   s.sequential = file.sequential;
+  if (file.group_size < 1) throw InputError(source + ": group_size: expected a positive integer (1: one request at a time)");
+  s.group_size = file.group_size;
   s.evaluation = read_evaluation(config);
   if (raw.contains("perplexity_selection")) {
     if (config.perplexity_texts.empty())

@@ -9,6 +9,7 @@
 #include "rome_collapse/rome/convergence.h"
 #include "rome_collapse/rome/hparams_import.h"
 #include "rome_collapse/rome/limits.h"
+#include "rome_collapse/rome/value_group.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/fields.h"
 #include "rome_collapse/util/files.h"
@@ -128,46 +129,54 @@ TargetMetrics score_targets(const LoadedModel& loaded, const EditRequest& reques
   return {-efficacy_score.mean_logprob, efficacy_score.token_accuracy};
 }
 
-// Perplexity before and after ΔW, and whether the model collapsed.
-void perplexity_metrics(const CausalLM& model, const EditConfig& config, const EditContext& context,
-                        nlohmann::json& result) {
+// Perplexity before and after ΔW, and whether the model collapsed; returns the perplexity after.
+std::optional<PerplexitySummary> perplexity_metrics(const CausalLM& model, const EditConfig& config,
+                                                    const EditContext& context, const EditOptions& options,
+                                                    nlohmann::json& result) {
   if (!context.perplexity_before) {
     result["perplexity_before"] = nullptr;
     result["perplexity_after"] = nullptr;
     result["collapse"] = nullptr;
-    return;
+    return std::nullopt;
   }
-  PerplexitySummary after = perplexity(model, context.perplexity_ids, config.perplexity_batch_size);
+  PerplexitySummary after = options.perplexity_after ? *options.perplexity_after
+                            : options.perplexity_reuse ? perplexity_reusing(model, *options.perplexity_reuse)
+                                                       : perplexity(model, context.perplexity_ids, config.perplexity_batch_size);
   result["perplexity_before"] = to_json(*context.perplexity_before, false);
   result["perplexity_after"] = to_json(after, false);
   result["collapse"] = after.mean > config.collapse_ratio * context.perplexity_before->mean;
+  return after;
 }
 
 // Metrics: ΔW applied to W, perplexity and target scores, W restored afterwards (bit for bit: the
 // original tensor is put back) unless keep_update; then the convergence verdict.
 void edit_metrics(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
-                  const EditContext& context, const EditOptions& options, const at::Tensor& delta_weight,
-                  const ValueOptimization& value, nlohmann::json& result) {
+                  const EditContext& context, const EditOptions& options, PhaseClock& clock, EditOutcome& outcome,
+                  nlohmann::json& result) {
   const int64_t layer = config.hparams.layer;
   const std::string scored_prompt = efficacy_prompt(request, method, context.templates, config.prefix_index);
   std::optional<double> target_nll_before;
   TargetMetrics after;
+  clock.begin();
   if (options.evaluate)
     target_nll_before =
         -score_target(*loaded.model, *loaded.tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
   const at::Tensor original_weight = loaded.model->rewrite_weight(layer);
-  loaded.model->set_rewrite_weight(layer, original_weight + delta_weight);
+  loaded.model->set_rewrite_weight(layer, original_weight + outcome.delta_weight);
   try {
+    if (options.evaluate) after = score_targets(loaded, request, scored_prompt, result);
+    clock.end("evaluation");
     if (options.evaluate) {
-      perplexity_metrics(*loaded.model, config, context, result);
-      after = score_targets(loaded, request, scored_prompt, result);
+      clock.begin();
+      outcome.perplexity_after = perplexity_metrics(*loaded.model, config, context, options, result);
+      clock.end("perplexity");
     }
   } catch (...) {
     loaded.model->set_rewrite_weight(layer, original_weight);
     throw;
   }
   if (!options.keep_update) loaded.model->set_rewrite_weight(layer, original_weight);
-  result["convergence"] = to_json(assess_convergence(value, after.efficacy, target_nll_before, after.nll_after));
+  result["convergence"] = to_json(assess_convergence(outcome.value, after.efficacy, target_nll_before, after.nll_after));
 }
 
 // The vectors of the edit (dump_vectors), for comparison with the paper's code.
@@ -193,6 +202,10 @@ nlohmann::json edit_provenance(const LoadedModel& loaded, const EditConfig& conf
   provenance["covariance"] = covariance;
   provenance["forward_path"] = path == ForwardPath::Optimized ? "optimized" : "reference";
   return provenance;
+}
+
+const SecondMoment* second_moment_of(const EditContext& context) {
+  return context.second_moment ? &*context.second_moment : nullptr;
 }
 
 // The test-time prefix template for c-rome-prefix: templates[1 + index % (n - 1)].
@@ -247,53 +260,108 @@ std::string efficacy_prompt(const EditRequest& request, EditMethod method, const
   return method == EditMethod::CRomePrefix ? fill_placeholder(test_time_prefix(templates, prefix_index), bare) : bare;
 }
 
+std::vector<std::vector<int64_t>> perplexity_text_ids(const LoadedModel& loaded, const EditConfig& config) {
+  try {
+    return perplexity_token_ids(*loaded.tokenizer, read_texts(config.perplexity_texts),
+                                loaded.model->config().max_positions);
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    throw InputError(what.rfind(config.perplexity_texts, 0) == 0 ? what : config.perplexity_texts + ": " + what);
+  }
+}
+
 EditContext prepare_edit_context(const LoadedModel& loaded, const EditConfig& config) {
   EditContext context;
   context.templates = resolve_templates(loaded, config.templates);
   if (!config.perplexity_texts.empty()) {
-    try {
-      context.perplexity_ids = perplexity_token_ids(*loaded.tokenizer, read_texts(config.perplexity_texts),
-                                                    loaded.model->config().max_positions);
-    } catch (const InputError& e) {
-      const std::string what = e.what();
-      throw InputError(what.rfind(config.perplexity_texts, 0) == 0 ? what : config.perplexity_texts + ": " + what);
-    }
+    context.perplexity_ids = perplexity_text_ids(loaded, config);
     context.perplexity_before = perplexity(*loaded.model, context.perplexity_ids, config.perplexity_batch_size);
   }
   if (config.hparams.mom2_adjustment) context.second_moment = read_second_moment_npz(config.hparams.stats);
   return context;
 }
 
-EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
-                     const EditContext& context, const EditOptions& options) {
+PreparedEdit prepare_edit(const LoadedModel& loaded, const EditConfig& config, const EditRequest& request,
+                          const EditContext& context, ForwardPath path) {
   check_edit_inputs(loaded, config);
   check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
   const CausalLM& model = *loaded.model;
   const RomeHparams& hp = config.hparams;
   PhaseClock clock(model.device(), config.record_timings);
-  EditOutcome outcome;
+  PreparedEdit prepared;
+  prepared.request = request;
 
   // Templates and keys (k̄, kᵘ): the keys and the v* batch share one forward pass up to layer L.
   clock.begin();
   const ValueBatch batch = templated_prompts(loaded, config, request, context);
   const RewriteLayerInput layer_input =
-      rewrite_layer_input(model, batch, hp.layer, /*record_cache=*/options.path == ForwardPath::Optimized);
-  outcome.keys = edit_keys(loaded, request, context, batch, layer_input, hp.layer);
+      rewrite_layer_input(model, batch, hp.layer, /*record_cache=*/path == ForwardPath::Optimized);
+  prepared.keys = edit_keys(loaded, request, context, batch, layer_input, hp.layer);
   clock.end("keys");
 
   clock.begin();  // left vector u = C⁻¹k̄ / ‖C⁻¹k̄‖
-  const SecondMoment* moment = context.second_moment ? &*context.second_moment : nullptr;
-  const at::Tensor left = left_vector(outcome.keys.prefixed_key_mean, moment, hp.mom2_ridge);
+  prepared.left = left_vector(prepared.keys.prefixed_key_mean, second_moment_of(context), hp.mom2_ridge);
   clock.end("left_vector");
 
   clock.begin();  // v*
-  outcome.value = optimize_value(model, batch, layer_input, hp, options.path);
+  prepared.value = optimize_value(model, batch, layer_input, hp, path);
   clock.end("value_optimisation");
+  prepared.seconds = clock.seconds;
+  prepared.peak_mib = clock.peak_mib;
+  return prepared;
+}
+
+std::vector<PreparedEdit> prepare_edits(const LoadedModel& loaded, const EditConfig& config,
+                                        const std::vector<EditRequest>& requests, const EditContext& context) {
+  check_edit_inputs(loaded, config);
+  const CausalLM& model = *loaded.model;
+  const RomeHparams& hp = config.hparams;
+  PhaseClock clock(model.device(), config.record_timings);
+  std::vector<PreparedEdit> prepared(requests.size());
+  std::vector<ValueBatch> batches;
+  clock.begin();  // one unedited pass for every request's prompts, then each request's keys
+  for (const EditRequest& request : requests) {
+    check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
+    batches.push_back(templated_prompts(loaded, config, request, context));
+  }
+  const GroupedLayerInput layer_input = rewrite_layer_inputs(model, batches, hp.layer);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    prepared[i].request = requests[i];
+    prepared[i].keys = edit_keys(loaded, requests[i], context, batches[i], layer_input.requests[i], hp.layer);
+  }
+  clock.end("keys");
+  clock.begin();
+  for (auto& p : prepared) p.left = left_vector(p.keys.prefixed_key_mean, second_moment_of(context), hp.mom2_ridge);
+  clock.end("left_vector");
+  clock.begin();
+  std::vector<ValueOptimization> values = optimize_values(model, batches, layer_input, hp);
+  clock.end("value_optimisation");
+  const double share = 1.0 / double(std::max<size_t>(requests.size(), 1));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    prepared[i].value = std::move(values[i]);
+    for (const auto& [phase, seconds] : clock.seconds) prepared[i].seconds[phase] = seconds * share;
+    prepared[i].peak_mib = clock.peak_mib;
+    prepared[i].group_requests = static_cast<int64_t>(requests.size());
+  }
+  return prepared;
+}
+
+EditOutcome finish_edit(LoadedModel& loaded, const EditConfig& config, const PreparedEdit& prepared, EditMethod method,
+                        const EditContext& context, const EditOptions& options) {
+  const CausalLM& model = *loaded.model;
+  const RomeHparams& hp = config.hparams;
+  const EditRequest& request = prepared.request;
+  PhaseClock clock(model.device(), config.record_timings);
+  clock.seconds = prepared.seconds;
+  clock.peak_mib = prepared.peak_mib;
+  EditOutcome outcome;
+  outcome.keys = prepared.keys;
+  outcome.value = prepared.value;
 
   clock.begin();  // right vector v = (v* − W k) / (k · u), and ΔW = v uᵀ in W's dtype
-  outcome.update = rank_one_update(method, outcome.keys, left, outcome.value.v_star);
+  outcome.update = rank_one_update(method, outcome.keys, prepared.left, outcome.value.v_star);
   const at::Tensor original_weight = model.rewrite_weight(hp.layer);
-  const at::Tensor delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
+  outcome.delta_weight = outcome.update.delta_weight().to(original_weight.scalar_type());  // [D, F]
   const double weight_norm = original_weight.to(at::kDouble).norm().item<double>();
   clock.end("update");
 
@@ -304,20 +372,24 @@ EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRe
                            {"subject_first_token", outcome.subject_first_token},
                            {"subject_first", outcome.subject_first}};
   describe_update(outcome, weight_norm, result);
-
-  clock.begin();  // metrics
-  edit_metrics(loaded, config, request, method, context, options, delta_weight, outcome.value, result);
-  clock.end("evaluation");
+  edit_metrics(loaded, config, request, method, context, options, clock, outcome, result);
 
   result["context_templates"] = context.templates;
   if (config.record_timings) {
     result["timings_s"] = clock.seconds;
     result["peak_memory_mib"] = clock.peak_mib;  // per phase, on the model's device
+    if (prepared.group_requests > 1) result["group_requests"] = prepared.group_requests;
   }
   if (config.dump_vectors) result["vectors"] = edit_vectors(outcome);
-  result["provenance"] = edit_provenance(loaded, config, moment, options.path);
+  result["provenance"] = edit_provenance(loaded, config, second_moment_of(context), options.path);
   outcome.result = std::move(result);
   return outcome;
+}
+
+EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
+                     const EditContext& context, const EditOptions& options) {
+  return finish_edit(loaded, config, prepare_edit(loaded, config, request, context, options.path), method, context,
+                     options);
 }
 
 }  // namespace rc

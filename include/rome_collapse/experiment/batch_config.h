@@ -32,6 +32,7 @@ struct BatchSettings {
   bool sequential = false;
   EvaluationOptions evaluation;
   std::optional<TextSelection> perplexity_selection;
+  int64_t group_size = 8;  // independent edits whose keys and v* are computed in one pass per step
 };
 
 // `config.raw`'s batch fields, paths relative to `base_dir`; InputError naming the file and field.

@@ -37,6 +37,7 @@ struct ConfigFile {
   nlohmann::json cases;
   nlohmann::json collapse_cases;
   bool sequential = false;
+  int64_t group_size = 8;
   nlohmann::json evaluation;
   nlohmann::json perplexity_selection;
 
@@ -68,6 +69,8 @@ struct ConfigFile {
     visit("cases", cases, "[batch] null (all), [case ids] or {\"start\", \"stop\"}");
     visit("collapse_cases", collapse_cases, "[batch] case ids whose edits also get the collapse measurements");
     visit("sequential", sequential, "[batch] accumulate the edits instead of starting each from the original");
+    visit("group_size", group_size,
+          "[batch] independent requests whose keys and v* are computed together, one pass per step (default 8)");
     visit("evaluation", evaluation, "[batch] {\"max_length\": N}: generation length of the evaluation");
     visit("perplexity_selection", perplexity_selection, "[batch] which perplexity texts to use");
   }

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "rome_collapse/eval/perplexity.h"
+#include "rome_collapse/eval/shim_reuse.h"
 #include "rome_collapse/io/request.h"
 #include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/covariance.h"
@@ -63,6 +64,8 @@ struct EditContext {
   std::optional<SecondMoment> second_moment;
 };
 EditContext prepare_edit_context(const LoadedModel& loaded, const EditConfig& config);
+// The token ids of config.perplexity_texts (errors name the file).
+std::vector<std::vector<int64_t>> perplexity_text_ids(const LoadedModel& loaded, const EditConfig& config);
 
 struct EditOutcome {
   nlohmann::json result;
@@ -72,17 +75,46 @@ struct EditOutcome {
   int64_t subject_last_index = 0;
   bool subject_first_token = false;  // the subject's last token is the prompt's first token
   bool subject_first = false;        // the prompt starts with the subject (the paper's collapse cases)
+  at::Tensor delta_weight;           // ΔW [D, F] in W's dtype
+  std::optional<PerplexitySummary> perplexity_after;
 };
 
 struct EditOptions {
   ForwardPath path = ForwardPath::Optimized;
   bool keep_update = false;     // sequential editing: leave ΔW applied
   bool evaluate = true;         // perplexity and target metrics after the edit
+  // The perplexity texts' hidden states entering the edited layer, recorded by the unedited pass
+  // (batch): the perplexity after the edit recomputes only the layers the edit can change.
+  PerplexityReuse* perplexity_reuse = nullptr;
+  // The perplexity after this very ΔW, already measured (batch: C-ROME-prefix writes C-ROME's ΔW).
+  std::optional<PerplexitySummary> perplexity_after;
 };
 
 // Runs one edit on `loaded` (W is restored afterwards unless keep_update), returning the result.
 EditOutcome run_edit(LoadedModel& loaded, const EditConfig& config, const EditRequest& request, EditMethod method,
                      const EditContext& context, const EditOptions& options = {});
+
+// What an edit computes before the method matters: the keys (k̄, kᵘ), the left vector u and v*.
+// ROME, C-ROME and C-ROME-prefix of one request share all of it; they differ in the rank-one
+// update's denominator and right vector (and C-ROME-prefix only at test time).
+struct PreparedEdit {
+  EditRequest request;
+  KeySet keys;
+  at::Tensor left;                     // u [F]
+  ValueOptimization value;
+  std::map<std::string, double> seconds, peak_mib;  // keys, left_vector, value_optimisation
+  int64_t group_requests = 1;          // requests prepared together (their phase times are split evenly)
+};
+PreparedEdit prepare_edit(const LoadedModel& loaded, const EditConfig& config, const EditRequest& request,
+                          const EditContext& context, ForwardPath path = ForwardPath::Optimized);
+// Several independent requests prepared together: one unedited pass over all their prompts and
+// their v* optimised in one pass per iteration (rome/value_group.h). Equal to prepare_edit per
+// request within float rounding.
+std::vector<PreparedEdit> prepare_edits(const LoadedModel& loaded, const EditConfig& config,
+                                        const std::vector<EditRequest>& requests, const EditContext& context);
+// The rest of an edit with `method`: ΔW, its metrics (options.evaluate) and the result JSON.
+EditOutcome finish_edit(LoadedModel& loaded, const EditConfig& config, const PreparedEdit& prepared, EditMethod method,
+                        const EditContext& context, const EditOptions& options = {});
 
 // Validates the request against the model and config (layer range, context length, ...).
 void check_edit_inputs(const LoadedModel& loaded, const EditConfig& config);
