@@ -18,6 +18,7 @@
 #include "rome_collapse/experiment/batch.h"
 #include "rome_collapse/experiment/journal.h"
 #include "rome_collapse/experiment/tables.h"
+#include "rome_collapse/text/tokenizer.h"
 #include "rome_collapse/util/error.h"
 #include "rome_collapse/util/files.h"
 #include "rome_collapse/util/json.h"
@@ -52,6 +53,17 @@ BatchRun throughput_run(const BenchModel& bench, const BenchArgs& args, const Da
   run.dir = dir;
   run.fingerprint_model = false;  // random weights are not a file
   return run;
+}
+
+// The GPT-2 shapes read text with GPT-2's own tokenizer (their vocabulary), so that the perplexity
+// texts and the records have the token counts they have on the real model.
+void use_real_tokenizer(BenchModel& bench, const BenchArgs& args) {
+  const fs::path gpt2 = fs::path(args.shared) / "tokenizers/gpt2";
+  if (bench.name.rfind("gpt2-", 0) != 0 || bench.loaded.tokenizer_path.rfind("builtin:", 0) != 0) return;
+  if (!fs::exists(gpt2)) throw InputError(gpt2.string() + ": not found (bench --throughput " + bench.name + " needs it)");
+  bench.loaded.tokenizer = load_tokenizer(gpt2);
+  bench.loaded.tokenizer_path = gpt2.string();
+  bench.loaded.add_bos = false;
 }
 
 struct PathRun {
@@ -140,6 +152,7 @@ void print_throughput(const json& entry) {
 
 json bench_throughput(const std::string& name, const BenchArgs& args) {
   BenchModel bench = make_model(name, args.shared, args.steps, args.device, args.dtype);
+  use_real_tokenizer(bench, args);
   const fs::path dataset_path = fs::path(args.shared) / kDataset;
   if (!fs::exists(dataset_path)) throw InputError(dataset_path.string() + ": not found (pass --shared DIR)");
   const Dataset dataset = read_dataset(dataset_path, DatasetFormat::Auto);

@@ -320,7 +320,7 @@ class BatchEditor {
     phases_.add("evaluation", seconds_since(start));
     return scores;
   }
-  RecordScores score_reusing(const EditRecord& record, const std::string& prompt, RecordScoring& scoring) {
+  RecordScores score_reusing(const EditRecord& record, const std::string& prompt, ScoringCache& scoring) {
     const auto start = Clock::now();
     RecordScores scores = score_record_reusing(loaded_, record, prompt, run_.settings.evaluation, scoring);
     phases_.add("evaluation", seconds_since(start));
@@ -432,13 +432,14 @@ std::vector<PreparedEdit> BatchEditor::prepare_group(const std::vector<const Edi
 // One record's pending methods from its prepared keys and v*. Methods with the same ΔW (C-ROME
 // and C-ROME-prefix) share the perplexity after it; the pre-edit scores are the record's own.
 void BatchEditor::edit_record(const EditRecord& record, const PreparedEdit& prepared) {
-  RecordScoring scoring(layer_);
+  ScoringCache scoring(layer_);
   const RecordScores pre = score_reusing(record, fill_placeholder(record.request.prompt, record.request.subject), scoring);
   std::optional<EditOutcome> prefixed_key_edit;  // the first method here that divides by k̄
   for (EditMethod method : run_.settings.methods) {
     if (stopped_) break;
     if (done_line(record, method)) continue;
     EditOptions options = options_;
+    options.scoring_cache = &scoring;
     const bool shares = uses_prefixed_key(method) && prefixed_key_edit;
     if (shares) options.perplexity_after = prefixed_key_edit->perplexity_after;
     EditOutcome outcome;

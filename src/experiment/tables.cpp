@@ -237,8 +237,10 @@ std::string tables_markdown(const std::vector<TableRow>& rows, const TableSettin
   else
     out += "- Collapse cases: mean perplexity after the edit above " + format(settings.collapse_ratio, "%g") +
            " × the unedited model's\n";
+  // Six significant digits: the table's columns show four, and the grouped and one-by-one paths
+  // (batch --one-by-one) differ beyond the sixth (float rounding).
   if (settings.perplexity_before)
-    out += "- Perplexity of the unedited model: " + format(*settings.perplexity_before, "%.4f") + "\n";
+    out += "- Perplexity of the unedited model: " + format(*settings.perplexity_before, "%.6g") + "\n";
   out += "\nEfficacy, Generalisation and Locality are the paper's token accuracies (EasyEdit), in percent, as is "
          "\"subject first\" (tables.csv uses the same units). ± is the half-width of the 95% confidence interval of the "
          "mean over cases (Student t). \"not taken\": edits that wrote nothing (efficacy 0, the target's NLL not "

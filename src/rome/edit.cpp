@@ -112,21 +112,33 @@ void describe_update(const EditOutcome& outcome, double weight_norm, nlohmann::j
 struct TargetMetrics {
   std::optional<double> nll_after, efficacy;
 };
-TargetMetrics score_targets(const LoadedModel& loaded, const EditRequest& request, const std::string& scored_prompt,
-                            nlohmann::json& result) {
-  const CausalLM& model = *loaded.model;
-  const Tokenizer& tokenizer = *loaded.tokenizer;
+TargetMetrics target_metrics_after(const LoadedModel& loaded, const EditRequest& request,
+                                   const std::string& scored_prompt, ScoringCache* cache, nlohmann::json& result) {
   const std::string bare_prompt = fill_placeholder(request.prompt, request.subject);
-  TargetScore new_score = score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_new);
-  result["logprob_target_new_after"] = new_score.mean_logprob;
-  result["logprob_target_true_after"] =
-      request.target_true.empty()
-          ? nlohmann::json(nullptr)
-          : nlohmann::json(score_target(model, tokenizer, loaded.add_bos, bare_prompt, request.target_true).mean_logprob);
-  const TargetScore efficacy_score = score_target(model, tokenizer, loaded.add_bos, scored_prompt, request.target_new);
-  result["efficacy"] = efficacy_score.token_accuracy;
+  const bool has_true = !request.target_true.empty();
+  std::vector<PromptTarget> pairs = {{bare_prompt, request.target_new}, {scored_prompt, request.target_new}};
+  if (has_true) pairs.push_back({bare_prompt, request.target_true});
+  std::vector<TargetScore> scores;
+  if (cache) {  // one pass from the cached layer on
+    scores = score_targets(*loaded.model, *loaded.tokenizer, loaded.add_bos, pairs, cache);
+  } else {
+    for (const auto& pair : pairs)
+      scores.push_back(score_target(*loaded.model, *loaded.tokenizer, loaded.add_bos, pair.prompt, pair.target));
+  }
+  result["logprob_target_new_after"] = scores[0].mean_logprob;
+  result["logprob_target_true_after"] = has_true ? nlohmann::json(scores[2].mean_logprob) : nlohmann::json(nullptr);
+  result["efficacy"] = scores[1].token_accuracy;
   result["efficacy_prompt"] = scored_prompt;
-  return {-efficacy_score.mean_logprob, efficacy_score.token_accuracy};
+  return {-scores[1].mean_logprob, scores[1].token_accuracy};
+}
+
+// −log p(target_new | scored prompt) per token, before ΔW.
+double target_nll_before(const LoadedModel& loaded, const EditRequest& request, const std::string& scored_prompt,
+                         ScoringCache* cache) {
+  if (!cache)
+    return -score_target(*loaded.model, *loaded.tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
+  return -score_targets(*loaded.model, *loaded.tokenizer, loaded.add_bos, {{scored_prompt, request.target_new}}, cache)[0]
+              .mean_logprob;
 }
 
 // Perplexity before and after ΔW, and whether the model collapsed; returns the perplexity after.
@@ -155,16 +167,14 @@ void edit_metrics(LoadedModel& loaded, const EditConfig& config, const EditReque
                   nlohmann::json& result) {
   const int64_t layer = config.hparams.layer;
   const std::string scored_prompt = efficacy_prompt(request, method, context.templates, config.prefix_index);
-  std::optional<double> target_nll_before;
+  std::optional<double> nll_before;
   TargetMetrics after;
   clock.begin();
-  if (options.evaluate)
-    target_nll_before =
-        -score_target(*loaded.model, *loaded.tokenizer, loaded.add_bos, scored_prompt, request.target_new).mean_logprob;
+  if (options.evaluate) nll_before = target_nll_before(loaded, request, scored_prompt, options.scoring_cache);
   const at::Tensor original_weight = loaded.model->rewrite_weight(layer);
   loaded.model->set_rewrite_weight(layer, original_weight + outcome.delta_weight);
   try {
-    if (options.evaluate) after = score_targets(loaded, request, scored_prompt, result);
+    if (options.evaluate) after = target_metrics_after(loaded, request, scored_prompt, options.scoring_cache, result);
     clock.end("evaluation");
     if (options.evaluate) {
       clock.begin();
@@ -176,7 +186,7 @@ void edit_metrics(LoadedModel& loaded, const EditConfig& config, const EditReque
     throw;
   }
   if (!options.keep_update) loaded.model->set_rewrite_weight(layer, original_weight);
-  result["convergence"] = to_json(assess_convergence(outcome.value, after.efficacy, target_nll_before, after.nll_after));
+  result["convergence"] = to_json(assess_convergence(outcome.value, after.efficacy, nll_before, after.nll_after));
 }
 
 // The vectors of the edit (dump_vectors), for comparison with the paper's code.

@@ -12,8 +12,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "rome_collapse/eval/edit_metrics.h"
 #include "rome_collapse/eval/perplexity.h"
-#include "rome_collapse/eval/shim_reuse.h"
 #include "rome_collapse/io/request.h"
 #include "rome_collapse/model/loaded_model.h"
 #include "rome_collapse/rome/covariance.h"
@@ -88,6 +88,9 @@ struct EditOptions {
   PerplexityReuse* perplexity_reuse = nullptr;
   // The perplexity after this very ΔW, already measured (batch: C-ROME-prefix writes C-ROME's ΔW).
   std::optional<PerplexitySummary> perplexity_after;
+  // The prompts' hidden states entering the edited layer (batch: the record's, from its pre-edit
+  // scoring): the target scores before and after ΔW are one pass each, from that layer on.
+  ScoringCache* scoring_cache = nullptr;
 };
 
 // Runs one edit on `loaded` (W is restored afterwards unless keep_update), returning the result.
