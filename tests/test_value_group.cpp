@@ -5,6 +5,7 @@
 // their request. Beyond a group of one, "equal" is bounded by the single path's own float32 noise
 // (rounding_floor below): the batch's shape alone moves v* that much.
 #include <algorithm>
+#include <cstdio>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -145,6 +146,8 @@ std::vector<ValueOptimization> expect_group_equals_singles(const TinyModel& s, c
       continue;
     }
     const Deviation d = deviation(group[g], alone[g]);
+    std::printf("%s: δ, v* %.2g (rounding floor %.2g), loss trajectory %.2g (floor %.2g)\n", request.c_str(),
+                d.vectors, floor.vectors, d.trajectory, floor.trajectory);
     EXPECT_LE(d.vectors, std::max(1e-5, 3 * floor.vectors)) << request << " δ, v* (rounding floor " << floor.vectors << ")";
     EXPECT_LE(d.trajectory, std::max(1e-5, 3 * floor.trajectory))
         << request << " loss trajectory (rounding floor " << floor.trajectory << ")";
