@@ -119,6 +119,43 @@ RecordScores score_record(const LoadedModel& loaded, const EditRecord& record, c
   return s;
 }
 
+RecordScores score_record_reusing(const LoadedModel& loaded, const EditRecord& record,
+                                  const std::string& efficacy_prompt, const EvaluationOptions& options,
+                                  ScoringCache& cache) {
+  (void)options;  // as in score_record
+  const EditRequest& request = record.request;
+  const bool has_true = !request.target_true.empty();
+  // score_record's pairs in its order (the first target adding no tokens is the one it names).
+  std::vector<PromptTarget> pairs = {{efficacy_prompt, request.target_new}};
+  if (has_true) pairs.push_back({efficacy_prompt, request.target_true});
+  for (const auto& paraphrase : record.paraphrases) {
+    pairs.push_back({paraphrase, request.target_new});
+    if (has_true) pairs.push_back({paraphrase, request.target_true});
+  }
+  for (const auto& neighbour : record.neighbourhood) {
+    pairs.push_back({neighbour.prompt, neighbour.answer});
+    pairs.push_back({neighbour.prompt, request.target_new});
+  }
+  const std::vector<TargetScore> scores = score_targets(*loaded.model, *loaded.tokenizer, loaded.add_bos, pairs, &cache);
+  auto next = scores.begin();
+  RecordScores s;
+  s.efficacy_prompt = efficacy_prompt;
+  s.rewrite_acc = next->token_accuracy;
+  s.rewrite_logprob_new = (next++)->mean_logprob;
+  s.rewrite_logprob_true = has_true ? (next++)->mean_logprob : kNaN;
+  for (size_t i = 0; i < record.paraphrases.size(); ++i) {
+    s.rephrase_acc.push_back(next->token_accuracy);
+    s.paraphrase_logprob_new.push_back((next++)->mean_logprob);
+    s.paraphrase_logprob_true.push_back(has_true ? (next++)->mean_logprob : kNaN);
+  }
+  for (size_t i = 0; i < record.neighbourhood.size(); ++i) {
+    s.locality_predicted.push_back(next->predicted);
+    s.neighbourhood_logprob_answer.push_back((next++)->mean_logprob);
+    s.neighbourhood_logprob_new.push_back((next++)->mean_logprob);
+  }
+  return s;
+}
+
 json edit_quality_json(const RecordScores& pre, const RecordScores& post) {
   json out;
   out["efficacy"] = post.rewrite_acc;

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "rome_collapse/eval/edit_metrics.h"
 #include "rome_collapse/io/dataset.h"
 #include "rome_collapse/model/loaded_model.h"
 
@@ -40,6 +41,16 @@ struct RecordScores {
 // `efficacy_prompt`: the filled rewrite prompt (c-rome-prefix: with its test-time prefix).
 RecordScores score_record(const LoadedModel& loaded, const EditRecord& record, const std::string& efficacy_prompt,
                           const EvaluationOptions& options);
+
+// score_record with every (prompt, target) sequence of the record in one right-padded pass (logits only at the
+// target positions) instead of one pass per pair, through `cache` (eval/edit_metrics.h): the first (pre-edit)
+// scoring keeps the hidden states entering cache.layer() of each sequence, a later (post-edit) scoring of the same
+// sequences starts there, and sequences not seen before (c-rome-prefix's prefixed efficacy prompt) run the layers
+// below first. The same RecordScores as score_record within float rounding; the same InputError for a target
+// that adds no tokens. A cache may be kept per record or per run (clear() it when layers below change).
+RecordScores score_record_reusing(const LoadedModel& loaded, const EditRecord& record,
+                                  const std::string& efficacy_prompt, const EvaluationOptions& options,
+                                  ScoringCache& cache);
 
 // {"efficacy", "generalisation", "locality", their "_pre" values, "rewrite_prompts_correct", ...,
 //  "pre": {...}, "post": {...}} — null where the record has no paraphrase / neighbourhood / target_true.
