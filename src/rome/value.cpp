@@ -12,6 +12,7 @@
 #include "rome_collapse/rome/adam.h"
 #include "rome_collapse/rome/keys.h"
 #include "rome_collapse/util/error.h"
+#include "value_window.h"
 
 namespace rc {
 
@@ -112,17 +113,17 @@ at::Tensor ValueLoss::terms() const {
 }
 
 void clamp_delta(at::Tensor& delta, const at::Tensor& max_norm) {
+  if (delta.dim() == 2) {  // a group's δ [G, D], max_norm [G]: each row by the same ops as one request's
+    for (int64_t row = 0; row < delta.size(0); ++row) {
+      at::Tensor row_delta = delta[row];
+      clamp_delta(row_delta, max_norm[row]);
+    }
+    return;
+  }
   delta.mul_(at::clamp_max(max_norm / delta.norm(), 1.0));
 }
 
-namespace {
-
-// Where the loss reads the target: logits at the last |t| real positions of each rewriting row
-// predict the target tokens (labels: the target ids, row after row).
-struct TargetTokens {
-  std::vector<TokenPosition> positions;  // in the padded batch
-  at::Tensor labels;                     // [R*|t|]
-};
+namespace value_detail {
 
 TargetTokens target_tokens(const ValueBatch& batch, c10::Device device) {
   const int64_t n_targets = static_cast<int64_t>(batch.target_ids.size());
@@ -138,19 +139,14 @@ TargetTokens target_tokens(const ValueBatch& batch, c10::Device device) {
   return targets;
 }
 
-// The optimisation loop's forward pass. Everything that does not change between iterations (ids,
-// cached hidden states, index tensors) is built once.
-struct ForwardPass {
-  at::Tensor ids;                      // [R + 1, T] (reference) or [R + 1, W] (ragged windows)
-  ForwardOptions options;              // delta mask, logits positions, start layer ...
-  PositionIndex targets, kl;           // reference path: where the loss reads the full logits
-  PositionIndex hidden_targets;        // ragged, v_loss_layer < last layer: targets in the hidden states
-  std::shared_ptr<KVCache> past;       // ragged: the rows' cached positions before their windows
-};
+std::string non_finite_loss_message(double loss_value, int64_t iteration) {
+  return "v* optimisation: the loss became " + std::to_string(loss_value) + " at iteration " +
+         std::to_string(iteration) + " (check hparams such as v_lr and v_weight_decay, and the model's weights)";
+}
 
 // The paper's code: the whole padded batch through every layer, full logits everywhere.
-ForwardPass reference_pass(const ValueBatch& batch, const TargetTokens& targets, const RomeHparams& hparams,
-                           bool loss_at_last_layer, c10::Device device) {
+static ForwardPass reference_pass(const ValueBatch& batch, const TargetTokens& targets, const RomeHparams& hparams,
+                                  bool loss_at_last_layer, c10::Device device) {
   ForwardPass pass;
   pass.ids = batch.ids;
   pass.options.intervention.layer = hparams.layer;
@@ -166,8 +162,8 @@ ForwardPass reference_pass(const ValueBatch& batch, const TargetTokens& targets,
 
 // The ragged pass's cache: layers >= L of the unedited pass, positions before `past`, each row's
 // valid only before its own subject token.
-void attach_past(ForwardPass& pass, const ValueBatch& batch, const RewriteLayerInput& layer_input, int64_t layer,
-                 int64_t past, c10::Device device) {
+static void attach_past(ForwardPass& pass, const ValueBatch& batch, const RewriteLayerInput& layer_input,
+                        int64_t layer, int64_t past, c10::Device device) {
   const int64_t n_rows = static_cast<int64_t>(batch.subject_last.size());
   std::vector<int64_t> past_valid;
   for (int64_t r = 0; r < n_rows; ++r)
@@ -189,7 +185,8 @@ void attach_past(ForwardPass& pass, const ValueBatch& batch, const RewriteLayerI
 // prefixes), so the windows are left-aligned into one [R + 1, W] pass with per-row positions, and
 // each row's cache is masked from its own window's start on. One pass, the fewest recomputed tokens.
 ForwardPass window_pass(const ValueBatch& batch, const RewriteLayerInput& layer_input, const TargetTokens& targets,
-                        const RomeHparams& hparams, bool loss_at_last_layer, c10::Device device) {
+                        const RomeHparams& hparams, bool loss_at_last_layer, c10::Device device,
+                        const std::vector<int64_t>& kl_rows) {
   const int64_t n_rows = static_cast<int64_t>(batch.subject_last.size()), padded_length = batch.ids.size(1);
   const int64_t window = recompute_window(batch);
   const int64_t past = *std::max_element(batch.subject_last.begin(), batch.subject_last.end());
@@ -214,9 +211,9 @@ ForwardPass window_pass(const ValueBatch& batch, const RewriteLayerInput& layer_
   options.intervention.delta_mask = make_position_mask(options.intervention.delta_at, n_rows, window, at::kFloat, device);
   std::vector<TokenPosition> window_targets;  // the same targets, in window coordinates
   for (const auto& tp : targets.positions) window_targets.push_back({tp.row, tp.position - batch.subject_last[tp.row]});
-  // Logits rows: the targets (when the loss reads the last layer), then the KL position.
+  // Logits rows: the targets (when the loss reads the last layer), then the KL positions.
   std::vector<TokenPosition> logits_positions = loss_at_last_layer ? window_targets : std::vector<TokenPosition>{};
-  logits_positions.push_back({batch.rewriting_rows, 0});
+  for (int64_t kl_row : kl_rows) logits_positions.push_back({kl_row, 0});
   if (!loss_at_last_layer) {
     options.keep_hidden_entering = hparams.v_loss_layer + 1;
     pass.hidden_targets = make_position_index(window_targets, device);
@@ -224,6 +221,12 @@ ForwardPass window_pass(const ValueBatch& batch, const RewriteLayerInput& layer_
   options.logits_index = make_position_index(logits_positions, device);
   return pass;
 }
+
+}  // namespace value_detail
+
+namespace {
+
+using namespace value_detail;
 
 // What value_loss reads from one forward pass at δ: the target rows' logits [R*|t|, V] (the
 // reference path passes log-probabilities, as the paper's code) and the KL row's [V].
@@ -293,7 +296,7 @@ ValueOptimizer::ValueOptimizer(const CausalLM& model, const ValueBatch& batch, c
   targets_ = target_tokens(batch, device);
   pass_ = path == ForwardPath::Reference
               ? reference_pass(batch, targets_, hparams, loss_at_last_layer_, device)
-              : window_pass(batch, layer_input, targets_, hparams, loss_at_last_layer_, device);
+              : window_pass(batch, layer_input, targets_, hparams, loss_at_last_layer_, device, {batch.rewriting_rows});
 }
 
 // The loss at the current δ (`total` keeps its autograd graph to δ); the first call sets P_init.
@@ -321,8 +324,7 @@ double ValueOptimizer::record(const at::Tensor& terms, int64_t it) {
   history_.push_back(terms);
   result_.iterations = it + 1;
   if (!std::isfinite(loss_value))
-    throw NumericError("v* optimisation: the loss became " + std::to_string(loss_value) + " at iteration " +
-                       std::to_string(it) + " (check hparams such as v_lr and v_weight_decay, and the model's weights)");
+    throw NumericError(non_finite_loss_message(loss_value, it));
   return loss_value;
 }
 

@@ -43,7 +43,8 @@ PositionIndex make_position_index(const std::vector<TokenPosition>& pairs, c10::
 struct Intervention {
   int64_t layer = -1;                    // layer whose MLP is touched; -1: none
   std::vector<TokenPosition> capture_at;  // capture the rewrite module's input and output here
-  at::Tensor delta;                       // [D]; added to the MLP output at delta_at (may require grad)
+  at::Tensor delta;                       // [D], or [B, 1, D] (one per row: a group of ROME requests); added
+                                          // to the MLP output at delta_at (may require grad)
   std::vector<TokenPosition> delta_at;
   at::Tensor delta_mask;                  // optional [B, T, 1] 0/1 mask of delta_at, precomputed
 };

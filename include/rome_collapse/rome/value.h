@@ -83,7 +83,7 @@ ValueLoss value_loss(const at::Tensor& target_logits, const at::Tensor& labels, 
                      const RomeHparams& hparams);
 
 // δ projected into the ball of radius max_norm (clamp_norm_factor · ‖target_init‖), in place and
-// without a host sync.
+// without a host sync. A group's δ [G, D] with max_norm [G]: each row into its own ball.
 void clamp_delta(at::Tensor& delta, const at::Tensor& max_norm);
 
 // Adam on δ from 0 with the loss above, the last iteration taking no step; stops early once the
