@@ -268,7 +268,11 @@ TEST(Batch, CounterFactEveryMetricAndExactRestoration) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("batch-counterfact");
   const std::string dataset = "data/counterfact/counterfact_rome_most_orthogonal_10.json";
-  write_json(dir / "all.json", tiny_config(dir, dataset, {{"start", 0}, {"stop", 3}}, {"rome", "c-rome", "c-rome-prefix"}));
+  // One request per group: the restoration check below compares an edit made after others with the
+  // same edit alone, and v* depends on its group's shapes at the float-rounding level.
+  json all = tiny_config(dir, dataset, {{"start", 0}, {"stop", 3}}, {"rome", "c-rome", "c-rome-prefix"});
+  all["group_size"] = 1;
+  write_json(dir / "all.json", all);
   auto result = test::run_cli("batch --config " + shell_quote(dir / "all.json") + " --out " + shell_quote(dir / "all"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_NE(result.err.find("ETA"), std::string::npos) << "progress line with ETA on stderr";
@@ -290,7 +294,9 @@ TEST(Batch, CounterFactEveryMetricAndExactRestoration) {
   // Restoration: the third case's c-rome-prefix edit run alone (from freshly loaded weights) is
   // bit-identical to the same edit made after eight others in one process.
   const int64_t third_id = lines[6]["case_id"].get<int64_t>();
-  write_json(dir / "one.json", tiny_config(dir, dataset, json::array({third_id}), {"c-rome-prefix"}));
+  json one = tiny_config(dir, dataset, json::array({third_id}), {"c-rome-prefix"});
+  one["group_size"] = 1;
+  write_json(dir / "one.json", one);
   result = test::run_cli("batch --config " + shell_quote(dir / "one.json") + " --out " + shell_quote(dir / "one"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   const auto alone = result_lines(dir / "one");
@@ -301,9 +307,10 @@ TEST(Batch, CounterFactEveryMetricAndExactRestoration) {
 }
 
 // The grouped path (keys and v* of several requests in one pass and once per request, perplexity
-// and evaluation from the edited layer on) against the one-by-one path of before: the numbers
-// within 1e-5 relative, every discrete metric and the tables identical.
-void expect_paths_agree(const fs::path& one_by_one, const fs::path& grouped) {
+// and evaluation from the edited layer on) against the one-by-one path of before: every discrete
+// metric and the tables (tables.md) identical, the numbers within 1e-5 relative — those that follow
+// from v* only when v* is the single path's (`same_v_star`; see the stories260K test).
+void expect_paths_agree(const fs::path& one_by_one, const fs::path& grouped, bool same_v_star = true) {
   const auto before = result_lines(one_by_one), after = result_lines(grouped);
   ASSERT_EQ(before.size(), after.size());
   ASSERT_FALSE(before.empty());
@@ -314,10 +321,12 @@ void expect_paths_agree(const fs::path& one_by_one, const fs::path& grouped) {
                               " " + a["method"].get<std::string>() + ")";
     ASSERT_EQ(a["case_id"], b["case_id"]) << where;
     ASSERT_EQ(a["method"], b["method"]) << where;
-    for (const char* path : {"/denominator", "/update_norm", "/numerator_norm", "/right_vector_norm",
-                             "/perplexity_after/mean", "/perplexity_after/median", "/perplexity_after/mean_log",
-                             "/logprob_target_new_after", "/pre/rewrite_logprob_new", "/post/rewrite_logprob_new"})
+    for (const char* path : {"/denominator", "/cos_unprefixed_prefixed", "/perplexity_before/mean", "/pre/rewrite_logprob_new"})
       EXPECT_TRUE(test::scalar_close_rel(number(b, path), number(a, path), 1e-5, where + " " + path));
+    for (const char* path : {"/update_norm", "/numerator_norm", "/right_vector_norm", "/perplexity_after/mean",
+                             "/perplexity_after/median", "/perplexity_after/mean_log", "/logprob_target_new_after",
+                             "/post/rewrite_logprob_new"})
+      if (same_v_star) EXPECT_TRUE(test::scalar_close_rel(number(b, path), number(a, path), 1e-5, where + " " + path));
     for (const char* key : {"efficacy", "efficacy_pre", "generalisation", "locality", "locality_acc", "collapse",
                             "rewrite_prompts_correct", "paraphrase_prompts_correct", "neighborhood_prompts_correct",
                             "efficacy_prompt", "subject_first"})
@@ -332,6 +341,14 @@ void expect_paths_agree(const fs::path& one_by_one, const fs::path& grouped) {
             without_start_time(test::read_if_exists(grouped / "tables.md")));
 }
 
+void run_batch_paths(const fs::path& config, const fs::path& dir, const std::vector<std::string>& paths) {
+  for (const auto& path : paths) {
+    const std::string flag = path == "one-by-one" ? " --one-by-one" : "";
+    const auto result = test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / path) + flag);
+    ASSERT_EQ(result.exit_code, 0) << path << ": " << result.err;
+  }
+}
+
 TEST(Batch, GroupedPathEqualsTheOneByOnePath) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("batch-grouped");
@@ -339,12 +356,7 @@ TEST(Batch, GroupedPathEqualsTheOneByOnePath) {
                             {"rome", "c-rome", "c-rome-prefix"});
   config["group_size"] = 3;  // a full group and a partial one
   write_json(dir / "run.json", config);
-  for (const char* path : {"grouped", "one-by-one"}) {
-    const std::string flag = std::string(path) == "one-by-one" ? " --one-by-one" : "";
-    const auto result = test::run_cli("batch --config " + shell_quote(dir / "run.json") + " --out " +
-                                      shell_quote(dir / path) + flag);
-    ASSERT_EQ(result.exit_code, 0) << result.err;
-  }
+  run_batch_paths(dir / "run.json", dir, {"grouped", "one-by-one"});
   expect_paths_agree(dir / "one-by-one", dir / "grouped");
   const auto lines = result_lines(dir / "grouped");
   EXPECT_EQ(lines[0]["group_requests"], 3);
@@ -352,19 +364,29 @@ TEST(Batch, GroupedPathEqualsTheOneByOnePath) {
 }
 
 // The paper's table on a real model (configs/stories260k_tinystories.json: 24 requests x 3 methods,
-// generated templates, 50 TinyStories paragraphs) on both paths.
+// generated templates, 50 TinyStories paragraphs). With one request per group (v* bit for bit the
+// single path's) every number agrees within 1e-5: the evaluation's reuse and the methods' sharing
+// are checked here. In a group of 8 a request's v* moves by float rounding that Adam amplifies —
+// test_value_group bounds it by how far padding the request's own batch moves the single path;
+// here one case's final v* loss moves by 2e-4 and its perplexity after by 8e-5 — so for that run
+// the keys, denominators, every discrete metric and the tables are compared, not the v*-dependent
+// numbers.
 TEST(Batch, Stories260kGroupedPathEqualsTheOneByOnePath) {
   ROME_REQUIRE_SHARED();
   const fs::path dir = test::scratch_dir("batch-grouped-stories260k");
-  const fs::path config = fs::path(ROME_SOURCE_DIR) / "configs" / "stories260k_tinystories.json";
-  for (const char* path : {"grouped", "one-by-one"}) {
-    const std::string flag = std::string(path) == "one-by-one" ? " --one-by-one" : "";
-    const auto result =
-        test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / path) + flag);
-    ASSERT_EQ(result.exit_code, 0) << result.err;
-  }
-  expect_paths_agree(dir / "one-by-one", dir / "grouped");
+  json config = json::parse(test::read_if_exists(fs::path(ROME_SOURCE_DIR) / "configs" / "stories260k_tinystories.json"));
+  for (const char* key : {"model", "tokenizer"})
+    config[key] = (fs::path(ROME_SOURCE_DIR) / "configs" / config[key].get<std::string>()).lexically_normal().string();
+  for (json* path : {&config["dataset"]["path"], &config["perplexity"]["texts"]})
+    *path = (fs::path(ROME_SOURCE_DIR) / "configs" / path->get<std::string>()).lexically_normal().string();
+  write_json(dir / "grouped.json", config);
+  config["group_size"] = 1;
+  write_json(dir / "single.json", config);
+  run_batch_paths(dir / "single.json", dir, {"one-by-one", "groups-of-one"});
+  run_batch_paths(dir / "grouped.json", dir, {"grouped"});
   EXPECT_EQ(result_lines(dir / "grouped").size(), 72u);
+  expect_paths_agree(dir / "one-by-one", dir / "groups-of-one");
+  expect_paths_agree(dir / "one-by-one", dir / "grouped", /*same_v_star=*/false);
 }
 
 TEST(Batch, ZsreAndEasyEditRecords) {
@@ -429,20 +451,27 @@ TEST(Batch, InterruptedResumedAndShardedRunsGiveTheSameTables) {
   ASSERT_EQ(result.exit_code, 0) << result.err;
   expect_same_tables(dir / "whole", dir / "steps");
 
-  // Two shards merged equal the single run.
+  // Two shards merged equal the single run. A shard groups its own records (v* then differs from
+  // the unsharded run's by float rounding), so this comparison runs one request per group.
+  json one_per_group = json::parse(test::read_if_exists(config));
+  one_per_group["group_size"] = 1;
+  write_json(dir / "groups-of-one.json", one_per_group);
+  const std::string ungrouped = (dir / "groups-of-one.json").string();
+  result = test::run_cli("batch --config " + shell_quote(ungrouped) + " --out " + shell_quote(dir / "whole1"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
   for (const char* shard : {"0/2", "1/2"}) {
-    result = test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / ("shard" + std::string(1, shard[0]))) +
-                           " --shard " + shard);
+    result = test::run_cli("batch --config " + shell_quote(ungrouped) + " --out " +
+                           shell_quote(dir / ("shard" + std::string(1, shard[0]))) + " --shard " + shard);
     ASSERT_EQ(result.exit_code, 0) << result.err;
     EXPECT_EQ(result_lines(dir / ("shard" + std::string(1, shard[0]))).size(), 8u);
   }
   result = test::run_cli("merge " + shell_quote(dir / "shard1") + " " + shell_quote(dir / "shard0") + " --out " + shell_quote(dir / "merged"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  expect_same_results(dir / "whole", dir / "merged");
-  expect_same_tables(dir / "whole", dir / "merged");
+  expect_same_results(dir / "whole1", dir / "merged");
+  expect_same_tables(dir / "whole1", dir / "merged");
 
   // A directory of another shard or config is refused, as is merging runs with other templates.
-  result = test::run_cli("batch --config " + shell_quote(config) + " --out " + shell_quote(dir / "shard0") + " --shard 1/2");
+  result = test::run_cli("batch --config " + shell_quote(ungrouped) + " --out " + shell_quote(dir / "shard0") + " --shard 1/2");
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("shard"), std::string::npos) << result.err;
   json other = json::parse(test::read_if_exists(dir / "shard1" / "run.json"));
@@ -472,6 +501,7 @@ TEST(Batch, SequentialEditsAccumulate) {
   }
   // The second edit starts from the first's model, so its pre-edit scores are not the original model's.
   config["sequential"] = false;
+  config["group_size"] = 1;  // v* as the sequential run computes it (alone), bit for bit
   write_json(dir / "single.json", config);
   result = test::run_cli("batch --config " + shell_quote(dir / "single.json") + " --out " + shell_quote(dir / "single"));
   ASSERT_EQ(result.exit_code, 0) << result.err;
