@@ -358,9 +358,9 @@ TEST(Batch, GroupedPathEqualsTheOneByOnePath) {
   write_json(dir / "run.json", config);
   run_batch_paths(dir / "run.json", dir, {"grouped", "one-by-one"});
   expect_paths_agree(dir / "one-by-one", dir / "grouped");
-  const auto lines = result_lines(dir / "grouped");
-  EXPECT_EQ(lines[0]["group_requests"], 3);
-  EXPECT_EQ(lines.back()["group_requests"], 2);
+  for (const json& line : result_lines(dir / "grouped")) {  // requests sharing a pass: at most a block
+    EXPECT_LE(line.value("group_requests", int64_t{1}), 3);  // written when more than one
+  }
 }
 
 // The paper's table on a real model (configs/stories260k_tinystories.json: 24 requests x 3 methods,
@@ -563,6 +563,47 @@ TEST(Batch, BadInputNamesFileAndField) {
       << result.err;
   EXPECT_NE(result.err.find("evaluation: unknown field \"max_lenght\" (did you mean \"max_length\"?)"), std::string::npos)
       << result.err;
+
+  config["dataset"].erase("fromat");
+  config.erase("evaluation");
+  for (const json& size : {json(0), json(-3), json("8")}) {
+    config["group_size"] = size;
+    write_json(dir / "bad.json", config);
+    result = test::run_cli("batch --config " + shell_quote(dir / "bad.json") + " --out " + shell_quote(dir / "out"));
+    EXPECT_EQ(result.exit_code, 2) << size;
+    EXPECT_NE(result.err.find("bad.json"), std::string::npos) << result.err;
+    EXPECT_NE(result.err.find("group_size"), std::string::npos) << result.err;
+  }
+}
+
+// `bench --throughput`: both paths on one CounterFact batch, their edits per hour, time per phase,
+// and how far their results are apart.
+TEST(BenchThroughput, ReportsBothPathsPerPhaseAndTheirAgreement) {
+  ROME_REQUIRE_SHARED();
+  const fs::path dir = test::scratch_dir("bench-throughput");
+  const auto result = test::run_cli("bench --throughput --models tiny-gpt2 --cases 2 --group-size 2 --shared " +
+                                    shell_quote(test::shared_path("")) + " --runs " + shell_quote(dir / "runs") +
+                                    " --out " + shell_quote(dir / "report.json"));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  EXPECT_NE(result.out.find("the edits per hour"), std::string::npos) << result.out;
+  const json report = json::parse(test::read_if_exists(dir / "report.json"));
+  ASSERT_EQ(report.size(), 1u);
+  const json& entry = report[0];
+  EXPECT_EQ(entry["model"], "tiny-gpt2");
+  for (const char* path : {"one_by_one", "grouped"}) {
+    EXPECT_EQ(entry[path]["edits"], 6) << path;
+    EXPECT_GT(entry[path]["edits_per_hour"].get<double>(), 0.0) << path;
+    for (const char* phase : {"setup", "keys", "value_optimisation", "update", "perplexity", "evaluation", "other"})
+      EXPECT_GE(entry[path]["phase_seconds"][phase].get<double>(), 0.0) << path << " " << phase;
+  }
+  EXPECT_NEAR(entry["speedup"].get<double>(),
+              entry["grouped"]["edits_per_hour"].get<double>() / entry["one_by_one"]["edits_per_hour"].get<double>(), 1e-9);
+  EXPECT_EQ(entry["comparison"]["pairs"], 6);
+  EXPECT_EQ(entry["comparison"]["tables_md_identical"], true);
+  EXPECT_LE(entry["comparison"]["max_relative_difference"]["denominator"].get<double>(), 1e-5);
+  // Both batch directories are kept with --runs, each a complete run.
+  EXPECT_EQ(result_lines(dir / "runs" / "tiny-gpt2-one-by-one").size(), 6u);
+  EXPECT_EQ(result_lines(dir / "runs" / "tiny-gpt2-grouped").size(), 6u);
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "rome_collapse/rome/edit.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 
 #include "rome_collapse/eval/edit_metrics.h"
@@ -214,6 +216,22 @@ nlohmann::json edit_provenance(const LoadedModel& loaded, const EditConfig& conf
   return provenance;
 }
 
+// The requests of a group in passes of similar recompute window (the tokens from the subject on):
+// a pass pads every row to its longest window, so requests whose windows differ by more than one
+// token go to separate passes. Sorted by window, then by index: the same group gives the same passes.
+std::vector<std::vector<size_t>> passes_by_window(const std::vector<ValueBatch>& batches) {
+  std::vector<size_t> order(batches.size());
+  std::vector<int64_t> window(batches.size());
+  for (size_t i = 0; i < batches.size(); ++i) order[i] = i, window[i] = recompute_window(batches[i]);
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return window[a] < window[b]; });
+  std::vector<std::vector<size_t>> passes;
+  for (size_t i : order) {
+    if (passes.empty() || window[i] > window[passes.back().front()] + 1) passes.emplace_back();
+    passes.back().push_back(i);
+  }
+  return passes;
+}
+
 const SecondMoment* second_moment_of(const EditContext& context) {
   return context.second_moment ? &*context.second_moment : nullptr;
 }
@@ -329,29 +347,32 @@ std::vector<PreparedEdit> prepare_edits(const LoadedModel& loaded, const EditCon
   PhaseClock clock(model.device(), config.record_timings);
   std::vector<PreparedEdit> prepared(requests.size());
   std::vector<ValueBatch> batches;
-  clock.begin();  // one unedited pass for every request's prompts, then each request's keys
   for (const EditRequest& request : requests) {
     check_subject_boundary(*loaded.tokenizer, loaded.add_bos, request.prompt, request.subject, config.source + ": request");
     batches.push_back(templated_prompts(loaded, config, request, context));
   }
-  const GroupedLayerInput layer_input = rewrite_layer_inputs(model, batches, hp.layer);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    prepared[i].request = requests[i];
-    prepared[i].keys = edit_keys(loaded, requests[i], context, batches[i], layer_input.requests[i], hp.layer);
-  }
-  clock.end("keys");
-  clock.begin();
-  for (auto& p : prepared) p.left = left_vector(p.keys.prefixed_key_mean, second_moment_of(context), hp.mom2_ridge);
-  clock.end("left_vector");
-  clock.begin();
-  std::vector<ValueOptimization> values = optimize_values(model, batches, layer_input, hp);
-  clock.end("value_optimisation");
-  const double share = 1.0 / double(std::max<size_t>(requests.size(), 1));
-  for (size_t i = 0; i < requests.size(); ++i) {
-    prepared[i].value = std::move(values[i]);
-    for (const auto& [phase, seconds] : clock.seconds) prepared[i].seconds[phase] = seconds * share;
-    prepared[i].peak_mib = clock.peak_mib;
-    prepared[i].group_requests = static_cast<int64_t>(requests.size());
+  for (const std::vector<size_t>& pass : passes_by_window(batches)) {
+    std::vector<ValueBatch> pass_batches;
+    for (size_t i : pass) pass_batches.push_back(batches[i]);
+    clock.begin();  // one unedited pass for the requests' prompts, then each request's keys and u
+    const GroupedLayerInput layer_input = rewrite_layer_inputs(model, pass_batches, hp.layer);
+    for (size_t j = 0; j < pass.size(); ++j) {
+      PreparedEdit& p = prepared[pass[j]];
+      p.request = requests[pass[j]];
+      p.keys = edit_keys(loaded, p.request, context, pass_batches[j], layer_input.requests[j], hp.layer);
+      p.left = left_vector(p.keys.prefixed_key_mean, second_moment_of(context), hp.mom2_ridge);
+      p.group_requests = static_cast<int64_t>(pass.size());
+    }
+    clock.end("keys");
+    clock.begin();
+    std::vector<ValueOptimization> values = optimize_values(model, pass_batches, layer_input, hp);
+    clock.end("value_optimisation");
+    for (size_t j = 0; j < pass.size(); ++j) {
+      prepared[pass[j]].value = std::move(values[j]);
+      for (const char* phase : {"keys", "value_optimisation"})  // the pass's time, split evenly
+        prepared[pass[j]].seconds[phase] = clock.seconds[phase] / double(pass.size());
+      prepared[pass[j]].peak_mib = clock.peak_mib;
+    }
   }
   return prepared;
 }

@@ -106,13 +106,13 @@ struct PreparedEdit {
   at::Tensor left;                     // u [F]
   ValueOptimization value;
   std::map<std::string, double> seconds, peak_mib;  // keys, left_vector, value_optimisation
-  int64_t group_requests = 1;          // requests prepared together (their phase times are split evenly)
+  int64_t group_requests = 1;          // requests whose keys and v* shared passes (their times are split evenly)
 };
 PreparedEdit prepare_edit(const LoadedModel& loaded, const EditConfig& config, const EditRequest& request,
                           const EditContext& context, ForwardPath path = ForwardPath::Optimized);
-// Several independent requests prepared together: one unedited pass over all their prompts and
-// their v* optimised in one pass per iteration (rome/value_group.h). Equal to prepare_edit per
-// request within float rounding.
+// Several independent requests prepared together: those of similar recompute window (within one
+// token) share one unedited pass over their prompts and one v* pass per iteration
+// (rome/value_group.h). Equal to prepare_edit per request within float rounding.
 std::vector<PreparedEdit> prepare_edits(const LoadedModel& loaded, const EditConfig& config,
                                         const std::vector<EditRequest>& requests, const EditContext& context);
 // The rest of an edit with `method`: ΔW, its metrics (options.evaluate) and the result JSON.
