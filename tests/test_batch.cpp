@@ -599,8 +599,14 @@ TEST(BenchThroughput, ReportsBothPathsPerPhaseAndTheirAgreement) {
   EXPECT_NEAR(entry["speedup"].get<double>(),
               entry["grouped"]["edits_per_hour"].get<double>() / entry["one_by_one"]["edits_per_hour"].get<double>(), 1e-9);
   EXPECT_EQ(entry["comparison"]["pairs"], 6);
-  EXPECT_EQ(entry["comparison"]["tables_md_identical"], true);
-  EXPECT_LE(entry["comparison"]["max_relative_difference"]["denominator"].get<double>(), 1e-5);
+  // Whether tables.md is identical is reported, not asserted: with 2 cases of a random tiny model the
+  // confidence interval is a difference of nearly equal perplexities (t = 12.7) and its 4th digit is
+  // rounding. The per-edit numbers are compared.
+  EXPECT_TRUE(entry["comparison"]["tables_md_identical"].is_boolean());
+  const json& difference = entry["comparison"]["max_relative_difference"];
+  for (const char* key : {"denominator", "update_norm", "perplexity_after"})
+    EXPECT_LE(difference[key].get<double>(), 1e-5) << key;
+  for (const char* key : {"efficacy", "generalisation", "locality"}) EXPECT_EQ(difference[key].get<double>(), 0.0) << key;
   // Both batch directories are kept with --runs, each a complete run.
   EXPECT_EQ(result_lines(dir / "runs" / "tiny-gpt2-one-by-one").size(), 6u);
   EXPECT_EQ(result_lines(dir / "runs" / "tiny-gpt2-grouped").size(), 6u);
