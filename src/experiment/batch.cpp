@@ -360,8 +360,6 @@ class BatchEditor {
 // Today's path before issue 19 (BatchOptions::one_by_one): each edit from the original weights,
 // on its own, restored and checked after its evaluation.
 void BatchEditor::run_independent() {
-  EditOptions options = options_;
-  options.perplexity_reuse = nullptr;
   for (const EditRecord* record : run_.records) {
     std::optional<RecordScores> pre;  // the unedited model's scores, shared by the methods
     for (EditMethod method : run_.settings.methods) {
@@ -371,7 +369,7 @@ void BatchEditor::run_independent() {
       EditOutcome outcome;
       RecordScores post;
       try {
-        outcome = run_edit(loaded_, config_for(*record), record->request, method, context_, options);
+        outcome = run_edit(loaded_, config_for(*record), record->request, method, context_, options_);
         phases_.add_result(outcome.result, /*with_preparation=*/true);
         post = score(*record, scored_prompt(*record, method));
       } catch (...) {
@@ -434,7 +432,11 @@ std::vector<PreparedEdit> BatchEditor::prepare_group(const std::vector<const Edi
 void BatchEditor::edit_record(const EditRecord& record, const PreparedEdit& prepared) {
   ScoringCache scoring(layer_);
   const RecordScores pre = score_reusing(record, fill_placeholder(record.request.prompt, record.request.subject), scoring);
-  std::optional<EditOutcome> prefixed_key_edit;  // the first method here that divides by k̄
+  struct SharedUpdate {
+    at::Tensor delta_weight;
+    std::optional<PerplexitySummary> perplexity_after;
+  };
+  std::optional<SharedUpdate> prefixed_key_edit;  // the first method here that divides by k̄
   for (EditMethod method : run_.settings.methods) {
     if (stopped_) break;
     if (done_line(record, method)) continue;
@@ -455,7 +457,8 @@ void BatchEditor::edit_record(const EditRecord& record, const PreparedEdit& prep
       throw;
     }
     restore_weight(loaded_, layer_, original_weight_, "case " + std::to_string(record.case_id) + " " + to_string(method));
-    if (uses_prefixed_key(method) && !prefixed_key_edit) prefixed_key_edit = outcome;
+    if (uses_prefixed_key(method) && !prefixed_key_edit)
+      prefixed_key_edit = SharedUpdate{outcome.delta_weight, outcome.perplexity_after};
     record_line(record, method, outcome, pre, post, std::nullopt);
   }
 }
